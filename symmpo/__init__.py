@@ -1,0 +1,25 @@
+"""symmpo: fused, exact SymMPO (Symmetric Multimodal Preference Optimization) losses.
+
+from symmpo import symmpo_loss
+out = symmpo_loss(logits, labels, ref_logps)   # logits (5B, T, V), kind-major
+out.loss.backward()
+"""
+
+from .config import SymMPOConfig
+from .loss import dpo_loss, mdpo_loss, sequence_logps, symmpo_loss, symmpo_loss_from_logps
+from .output import PreferenceOutput, SymMPOOutput
+from .reference import KIND_NAMES
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KIND_NAMES",
+    "PreferenceOutput",
+    "SymMPOConfig",
+    "SymMPOOutput",
+    "dpo_loss",
+    "mdpo_loss",
+    "sequence_logps",
+    "symmpo_loss",
+    "symmpo_loss_from_logps",
+]

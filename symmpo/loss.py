@@ -1,0 +1,208 @@
+"""The public loss functions: validate, pick an implementation, assemble the output."""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from .config import SymMPOConfig, resolve_config
+from .implementations import resolve_impl, score_sequences
+from .output import PreferenceOutput, SymMPOOutput
+from .validation import (
+    check_labels,
+    check_logits,
+    check_logps,
+    check_same_device,
+    check_targets,
+)
+
+
+def sequence_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    average: bool = False,
+    ignore_index: int = -100,
+    allow_empty: bool = False,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Per-sequence log-probability of the labels, differentiable with respect to ``logits``.
+
+    s = sum over target positions t of logits[t, labels[t+1]] - logsumexp(logits[t]), divided
+    by the target count when ``average``. logits (N, T, V) fp32/bf16/fp16, labels (N, T)
+    integer aligned with input_ids (``ignore_index`` marks non-targets) -> (N,) float32.
+    """
+    logits = check_logits("logits", logits, kind_major=False)
+    rows, seq_len, vocab = logits.shape
+    labels = check_labels(labels, rows, seq_len, vocab, ignore_index, kind_major=False)
+    check_same_device(logits=logits, labels=labels)
+    check_targets(labels, ignore_index, allow_empty, kind_major=False)
+    impl = resolve_impl(impl, logits)
+    return score_sequences(logits, labels, average, ignore_index, impl)
+
+
+def symmpo_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ref_logps: torch.Tensor | None = None,
+    *,
+    ref_logits: torch.Tensor | None = None,
+    config: SymMPOConfig | None = None,
+    impl: str = "auto",
+    **overrides,
+) -> SymMPOOutput:
+    """SymMPO loss of a kind-major batch of five sequences per example (../shared/SPEC.md).
+
+    Args:
+        logits: (5B, T, V) or (5, B, T, V) policy logits, fp32/bf16/fp16; row k*B + i is
+            sequence k of example i (chosen, rejected, contrast_on_image, chosen_on_contrast,
+            contrast).
+        labels: (5B, T) or (5, B, T) integer labels aligned with input_ids; position t of the
+            logits predicts labels[t+1]; ``ignore_index`` marks prompt, image and padding.
+        ref_logps: (5B,) or (5, B) reference sequence log-probs, or
+        ref_logits: reference logits shaped like ``logits``, scored without gradient.
+        config: a SymMPOConfig; keyword ``overrides`` (beta=..., pair_weight=...) replace fields.
+        impl: "auto" (Triton on CUDA tensors, torch otherwise), "triton" or "torch".
+
+    Returns a SymMPOOutput whose ``loss`` is the differentiable batch mean.
+    """
+    config = resolve_config(config, overrides)
+    logits = check_logits("logits", logits)
+    rows, seq_len, vocab = logits.shape
+    labels = check_labels(labels, rows, seq_len, vocab, config.ignore_index)
+    if (ref_logps is None) == (ref_logits is None):
+        raise ValueError(
+            "pass exactly one reference: ref_logps (5B,) precomputed log-probs or ref_logits "
+            f"shaped like logits; got ref_logps={_describe(ref_logps)}, "
+            f"ref_logits={_describe(ref_logits)}"
+        )
+    if ref_logits is not None:
+        ref_logits = check_logits("ref_logits", ref_logits)
+        if ref_logits.shape != logits.shape:
+            raise ValueError(
+                f"ref_logits of shape {tuple(ref_logits.shape)} must match logits, "
+                f"expected {tuple(logits.shape)}"
+            )
+    else:
+        ref_logps = check_logps("ref_logps", ref_logps, rows=rows)
+    check_same_device(logits=logits, labels=labels, ref_logps=ref_logps, ref_logits=ref_logits)
+    check_targets(labels, config.ignore_index, config.allow_empty)
+    impl = resolve_impl(impl, logits)
+
+    policy = score_sequences(logits, labels, config.average_log_prob, config.ignore_index, impl)
+    if ref_logits is not None:
+        with torch.no_grad():
+            ref_logps = score_sequences(
+                ref_logits, labels, config.average_log_prob, config.ignore_index, impl
+            )
+    return _symmpo_output(policy.view(5, -1), ref_logps.reshape(5, -1), config)
+
+
+def symmpo_loss_from_logps(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    config: SymMPOConfig | None = None,
+    **overrides,
+) -> SymMPOOutput:
+    """The SymMPO loss from sequence log-probs, for trainers that score sequences themselves.
+
+    policy_logps and ref_logps: (5B,) kind-major or (5, B); gradients flow into policy_logps.
+    """
+    config = resolve_config(config, overrides)
+    policy_logps = check_logps("policy_logps", policy_logps)
+    ref_logps = check_logps("ref_logps", ref_logps, rows=policy_logps.numel())
+    check_same_device(policy_logps=policy_logps, ref_logps=ref_logps)
+    return _symmpo_output(policy_logps, ref_logps, config)
+
+
+def dpo_loss(
+    policy_logps: torch.Tensor, ref_logps: torch.Tensor, *, beta: float = 0.1
+) -> PreferenceOutput:
+    """DPO (SPEC.md "Baselines"): -log sigmoid(beta((s_w - s_w^ref) - (s_l - s_l^ref))), batch mean.
+
+    policy_logps, ref_logps: (2B,) kind-major or (2, B), rows (chosen, rejected).
+    """
+    _check_beta(beta)
+    policy_logps = check_logps("policy_logps", policy_logps, num_kinds=2)
+    ref_logps = check_logps("ref_logps", ref_logps, rows=policy_logps.numel(), num_kinds=2)
+    ref_logps = ref_logps.to(policy_logps.dtype).detach()
+    losses, z = reference.dpo_terms(policy_logps, ref_logps, beta)
+    return _preference_output(losses, {"dpo": losses}, {"dpo": z}, beta, policy_logps, ref_logps)
+
+
+def mdpo_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    cond_weight: float = 1.0,
+    anchor_weight: float = 1.0,
+) -> PreferenceOutput:
+    """mDPO (Wang et al. 2024): L_dpo + cond_weight L_cond + anchor_weight L_anc, batch mean.
+
+    policy_logps, ref_logps: (3B,) kind-major or (3, B), rows (chosen, rejected, chosen on the
+    corrupted image); L_cond = -log sig(beta(r0 - r0c)), L_anc = -log sig(beta r0).
+    """
+    _check_beta(beta)
+    policy_logps = check_logps("policy_logps", policy_logps, num_kinds=3)
+    ref_logps = check_logps("ref_logps", ref_logps, rows=policy_logps.numel(), num_kinds=3)
+    ref_logps = ref_logps.to(policy_logps.dtype).detach()
+    losses, dpo, cond, anchor, z_dpo, z_cond = reference.mdpo_terms(
+        policy_logps, ref_logps, beta, cond_weight, anchor_weight
+    )
+    return _preference_output(
+        losses,
+        {"dpo": dpo, "cond": cond, "anchor": anchor},
+        {"dpo": z_dpo, "cond": z_cond},
+        beta,
+        policy_logps,
+        ref_logps,
+    )
+
+
+def _symmpo_output(policy_logps, ref_logps, config: SymMPOConfig) -> SymMPOOutput:
+    ref_logps = ref_logps.to(policy_logps.dtype).detach()
+    terms = reference.symmpo_terms(policy_logps, ref_logps, config)
+    detached = [t.detach() for t in terms]
+    _, dpo, pair, margin, anchor, z_dpo, z_p1, z_p2 = detached
+    return SymMPOOutput(
+        loss=terms.loss.mean(),
+        per_example_loss=detached[0],
+        dpo=dpo.mean(),
+        pair=pair.mean(),
+        margin=margin.mean(),
+        anchor=anchor.mean(),
+        policy_logps=policy_logps.detach(),
+        ref_logps=ref_logps,
+        rewards=reference.symmpo_rewards(policy_logps.detach(), ref_logps, config),
+        accuracy_dpo=(z_dpo > 0).float().mean(),
+        accuracy_pair1=(z_p1 > 0).float().mean(),
+        accuracy_pair2=(z_p2 > 0).float().mean(),
+        reward_margin_dpo=z_dpo.mean(),
+        reward_margin_pair1=z_p1.mean(),
+        reward_margin_pair2=z_p2.mean(),
+    )
+
+
+def _preference_output(losses, terms, z, beta, policy_logps, ref_logps) -> PreferenceOutput:
+    return PreferenceOutput(
+        loss=losses.mean(),
+        per_example_loss=losses.detach(),
+        terms={k: v.detach().mean() for k, v in terms.items()},
+        accuracies={k: (v.detach() > 0).float().mean() for k, v in z.items()},
+        reward_margins={k: v.detach().mean() for k, v in z.items()},
+        rewards=beta * (policy_logps.detach() - ref_logps),
+    )
+
+
+def _check_beta(beta) -> None:
+    # SymMPOConfig checks beta the same way; reuse it so the message is identical.
+    SymMPOConfig(beta=beta)
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

@@ -1,0 +1,69 @@
+"""Result objects of the loss functions: a differentiable ``loss`` plus detached metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SymMPOOutput:
+    """What ``symmpo_loss`` and friends return.
+
+    ``loss`` is the differentiable batch mean; every other tensor is detached. Term means are
+    unweighted (``loss`` = dpo + pair_weight*pair + margin_weight*margin + anchor_weight*anchor).
+    The three preferences are z_dpo = beta(r0 - r1) ("dpo": y_w over y_l on m),
+    z_p1 = beta(r0 - r2) ("pair1": y_w over y_w' on m) and z_p2 = beta(r4 - r3) ("pair2": y_w'
+    over y_w on m'); accuracy is the fraction with z > 0, reward margin the mean of z.
+    """
+
+    loss: torch.Tensor  # () differentiable
+    per_example_loss: torch.Tensor  # (B,)
+    dpo: torch.Tensor  # () mean of -log sig(z_dpo)
+    pair: torch.Tensor  # () mean of -log sig(z_p1) - log sig(z_p2)
+    margin: torch.Tensor  # () mean of mgn^2
+    anchor: torch.Tensor  # () mean of -log sig(a1) - log sig(a2)
+    policy_logps: torch.Tensor  # (5, B)
+    ref_logps: torch.Tensor  # (5, B)
+    rewards: torch.Tensor  # (5, B) beta r_k (beta_contrast for k = 3, 4)
+    accuracy_dpo: torch.Tensor
+    accuracy_pair1: torch.Tensor
+    accuracy_pair2: torch.Tensor
+    reward_margin_dpo: torch.Tensor
+    reward_margin_pair1: torch.Tensor
+    reward_margin_pair2: torch.Tensor
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """Python floats for logging (one device sync)."""
+        names = (
+            "loss",
+            "dpo",
+            "pair",
+            "margin",
+            "anchor",
+            "accuracy_dpo",
+            "accuracy_pair1",
+            "accuracy_pair2",
+            "reward_margin_dpo",
+            "reward_margin_pair1",
+            "reward_margin_pair2",
+        )
+        values = torch.stack([getattr(self, n).detach().float() for n in names]).tolist()
+        result = {prefix + n: v for n, v in zip(names, values, strict=True)}
+        for k, reward in enumerate(self.rewards.float().mean(-1).tolist()):
+            result[f"{prefix}reward_{k}"] = reward
+        return result
+
+
+@dataclass
+class PreferenceOutput:
+    """What ``dpo_loss`` and ``mdpo_loss`` return: the loss, its unweighted term means, the
+    per-preference accuracy (z > 0) and reward margin (mean z), all but ``loss`` detached."""
+
+    loss: torch.Tensor
+    per_example_loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    accuracies: dict[str, torch.Tensor]
+    reward_margins: dict[str, torch.Tensor]
+    rewards: torch.Tensor  # (K, B) beta r_k

@@ -1,0 +1,147 @@
+"""Input checks shared by every entry point: each error names the argument, what it got and
+what it expects, and is raised before any computation."""
+
+from __future__ import annotations
+
+import torch
+
+from .reference import KIND_NAMES, NUM_KINDS
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def require_tensor(name: str, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def flatten_kinds(
+    name: str, tensor: torch.Tensor, trailing: int, kind_major: bool = True
+) -> torch.Tensor:
+    """Accept (5B, *trailing) or (5, B, *trailing); return the kind-major (5B, *trailing) view.
+
+    With ``kind_major=False`` any (N, *trailing) with N >= 1 is accepted as is.
+    """
+    if not kind_major:
+        if tensor.dim() != trailing + 1 or tensor.shape[0] == 0:
+            raise ValueError(
+                f"{name} must have shape (N, ...) with {trailing + 1} dimensions and N >= 1, "
+                f"got {tuple(tensor.shape)}"
+            )
+        return tensor
+    if tensor.dim() == trailing + 2:
+        if tensor.shape[0] != NUM_KINDS:
+            raise ValueError(
+                f"{name} of shape {tuple(tensor.shape)} looks like (5, B, ...) but its first "
+                f"dimension is {tensor.shape[0]}, expected {NUM_KINDS} (one per sequence kind)"
+            )
+        return tensor.flatten(0, 1)
+    if tensor.dim() != trailing + 1:
+        raise ValueError(
+            f"{name} must have {trailing + 1} dimensions (5B, ...) or {trailing + 2} "
+            f"(5, B, ...), got shape {tuple(tensor.shape)}"
+        )
+    rows = tensor.shape[0]
+    if rows == 0 or rows % NUM_KINDS:
+        raise ValueError(
+            f"{name} has {rows} rows; expected a positive multiple of {NUM_KINDS} "
+            f"(5 sequences per example, kind-major: {', '.join(KIND_NAMES)})"
+        )
+    return tensor
+
+
+def check_logits(name: str, logits, kind_major: bool = True) -> torch.Tensor:
+    """(5B, T, V) or (5, B, T, V) floating logits -> the (5B, T, V) view."""
+    require_tensor(name, logits)
+    if logits.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {logits.dtype}")
+    logits = flatten_kinds(name, logits, trailing=2, kind_major=kind_major)
+    if logits.shape[1] == 0 or logits.shape[2] == 0:
+        raise ValueError(f"{name} of shape {tuple(logits.shape)} has an empty T or V dimension")
+    return logits
+
+
+def check_labels(
+    labels, rows: int, seq_len: int, vocab: int, ignore_index: int, kind_major: bool = True
+) -> torch.Tensor:
+    """(5B, T) or (5, B, T) integer labels, each in [0, vocab) or ignore_index -> (5B, T) int64."""
+    require_tensor("labels", labels)
+    if labels.dtype not in INTEGER_DTYPES:
+        raise TypeError(
+            f"labels must be an integer tensor (int64 token ids, {ignore_index} to ignore), "
+            f"got {labels.dtype}"
+        )
+    labels = flatten_kinds("labels", labels, trailing=1, kind_major=kind_major)
+    if tuple(labels.shape) != (rows, seq_len):
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} do not match the logits: expected "
+            f"({rows}, {seq_len}) (rows and sequence length of logits)"
+        )
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+    if bool(bad.any()):
+        row, pos = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"labels[{row}, {pos}] = {int(labels[row, pos])} is outside [0, {vocab}) "
+            f"(the vocabulary of the logits) and is not ignore_index={ignore_index}"
+        )
+    return labels.long()
+
+
+def check_targets(
+    labels: torch.Tensor, ignore_index: int, allow_empty: bool, kind_major: bool = True
+) -> torch.Tensor:
+    """Number of target tokens per row (positions 1..T-1); a row with none raises unless allowed."""
+    counts = (labels[:, 1:] != ignore_index).sum(-1)
+    if not allow_empty:
+        empty = (counts == 0).nonzero().flatten()
+        if empty.numel():
+            where = ", ".join(_describe_row(int(r), labels.shape[0], kind_major) for r in empty[:5])
+            raise ValueError(
+                f"{empty.numel()} sequence(s) have no target token (every label after the first "
+                f"is ignore_index={ignore_index}): {where}; pass allow_empty=True to score them 0"
+            )
+    return counts
+
+
+def check_logps(
+    name: str, logps, rows: int | None = None, num_kinds: int = NUM_KINDS
+) -> torch.Tensor:
+    """(num_kinds*B,) or (num_kinds, B) finite floating log-probs -> the (num_kinds, B) view."""
+    require_tensor(name, logps)
+    if not logps.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {logps.dtype}")
+    shape = tuple(logps.shape)
+    if logps.dim() == 1:
+        if logps.shape[0] == 0 or logps.shape[0] % num_kinds:
+            raise ValueError(
+                f"{name} of shape {tuple(logps.shape)} must have a positive multiple of "
+                f"{num_kinds} entries (kind-major), or shape ({num_kinds}, B)"
+            )
+        logps = logps.view(num_kinds, -1)
+    elif logps.dim() != 2 or logps.shape[0] != num_kinds or logps.shape[1] == 0:
+        raise ValueError(
+            f"{name} must have shape ({num_kinds}*B,) or ({num_kinds}, B), got {tuple(logps.shape)}"
+        )
+    if rows is not None and logps.numel() != rows:
+        raise ValueError(
+            f"{name} of shape {shape} does not match the batch: expected "
+            f"({rows},) or ({num_kinds}, {rows // num_kinds})"
+        )
+    if not bool(torch.isfinite(logps).all()):
+        raise ValueError(f"{name} holds non-finite values (NaN or inf); log-probs must be finite")
+    return logps
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all tensors must be on one device, got {listing}")
+
+
+def _describe_row(row: int, rows: int, kind_major: bool) -> str:
+    if not kind_major:
+        return f"row {row}"
+    batch = rows // NUM_KINDS
+    return f"row {row} ({KIND_NAMES[row // batch]} of example {row % batch})"

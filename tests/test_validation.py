@@ -1,0 +1,121 @@
+"""Every bad input gets a clear error naming the argument, what it got and what it expects."""
+
+import pytest
+import torch
+from batches import make_batch
+
+from symmpo import SymMPOConfig, dpo_loss, symmpo_loss, symmpo_loss_from_logps
+
+
+@pytest.fixture
+def batch():
+    return make_batch(batch=2, seq_len=6, vocab=11)
+
+
+def test_rows_not_multiple_of_five(batch):
+    logits, labels, ref = batch
+    with pytest.raises(ValueError, match=r"logits has 9 rows; expected a positive multiple of 5"):
+        symmpo_loss(logits[:9], labels[:9], ref[:9])
+
+
+def test_four_dim_logits_need_five_kinds(batch):
+    logits, labels, ref = batch
+    with pytest.raises(ValueError, match=r"first dimension is 2, expected 5"):
+        symmpo_loss(logits.view(2, 5, 6, 11), labels, ref)
+
+
+def test_labels_shape_mismatch(batch):
+    logits, labels, ref = batch
+    with pytest.raises(ValueError, match=r"labels of shape \(10, 5\).*expected \(10, 6\)"):
+        symmpo_loss(logits, labels[:, :5], ref)
+
+
+def test_label_outside_vocab(batch):
+    logits, labels, ref = batch
+    labels[7, 4] = 11
+    with pytest.raises(ValueError, match=r"labels\[7, 4\] = 11 is outside \[0, 11\)"):
+        symmpo_loss(logits, labels, ref)
+    labels[7, 4] = -5
+    with pytest.raises(ValueError, match=r"labels\[7, 4\] = -5"):
+        symmpo_loss(logits, labels, ref)
+
+
+def test_float_labels(batch):
+    logits, labels, ref = batch
+    with pytest.raises(TypeError, match=r"labels must be an integer tensor.*got torch.float32"):
+        symmpo_loss(logits, labels.float(), ref)
+
+
+def test_integer_logits(batch):
+    _, labels, ref = batch
+    with pytest.raises(TypeError, match=r"logits must be float32, bfloat16 or float16"):
+        symmpo_loss(labels.unsqueeze(-1), labels, ref)
+
+
+@pytest.mark.parametrize("shape", [(9,), (5, 3), (2, 5), (10, 1)])
+def test_ref_logps_wrong_shape(batch, shape):
+    logits, labels, _ = batch
+    with pytest.raises(ValueError, match=r"ref_logps"):
+        symmpo_loss(logits, labels, torch.zeros(shape))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_ref_logps_non_finite(batch, bad):
+    logits, labels, ref = batch
+    ref[3] = bad
+    with pytest.raises(ValueError, match=r"ref_logps holds non-finite values"):
+        symmpo_loss(logits, labels, ref)
+
+
+def test_ref_logps_not_floating(batch):
+    logits, labels, _ = batch
+    with pytest.raises(TypeError, match=r"ref_logps must be a floating tensor"):
+        symmpo_loss(logits, labels, torch.zeros(10, dtype=torch.long))
+
+
+def test_no_target_names_the_row(batch):
+    logits, labels, ref = batch
+    labels[5, 1:] = -100
+    with pytest.raises(ValueError, match=r"row 5 \(contrast_on_image of example 1\).*allow_empty"):
+        symmpo_loss(logits, labels, ref)
+
+
+def test_reference_exactly_once(batch):
+    logits, labels, ref = batch
+    with pytest.raises(ValueError, match=r"exactly one reference"):
+        symmpo_loss(logits, labels)
+    with pytest.raises(ValueError, match=r"exactly one reference"):
+        symmpo_loss(logits, labels, ref, ref_logits=logits)
+    with pytest.raises(ValueError, match=r"ref_logits of shape \(10, 6, 7\) must match"):
+        symmpo_loss(logits, labels, ref_logits=logits[..., :7])
+
+
+def test_unknown_option_and_bad_values(batch):
+    logits, labels, ref = batch
+    with pytest.raises(TypeError, match=r"unknown SymMPO option\(s\) \['betta'\]"):
+        symmpo_loss(logits, labels, ref, betta=0.2)
+    with pytest.raises(ValueError, match=r"beta must be a finite number > 0, got -1"):
+        SymMPOConfig(beta=-1)
+    with pytest.raises(ValueError, match=r"pair_weight must be a finite number >= 0"):
+        SymMPOConfig(pair_weight=float("nan"))
+    with pytest.raises(ValueError, match=r"impl must be one of"):
+        symmpo_loss(logits, labels, ref, impl="cuda")
+    with pytest.raises(TypeError, match=r"config must be a SymMPOConfig"):
+        symmpo_loss(logits, labels, ref, config={"beta": 0.1})
+
+
+def test_from_logps_checks(batch):
+    with pytest.raises(ValueError, match=r"policy_logps of shape \(7,\)"):
+        symmpo_loss_from_logps(torch.zeros(7), torch.zeros(7))
+    with pytest.raises(ValueError, match=r"ref_logps of shape \(15,\) does not match"):
+        symmpo_loss_from_logps(torch.zeros(10), torch.zeros(15))
+    with pytest.raises(ValueError, match=r"policy_logps holds non-finite"):
+        symmpo_loss_from_logps(torch.full((10,), float("nan")), torch.zeros(10))
+    with pytest.raises(ValueError, match=r"policy_logps of shape \(3,\)"):
+        dpo_loss(torch.zeros(3), torch.zeros(3))
+
+
+def test_not_a_tensor(batch):
+    _, labels, ref = batch
+    with pytest.raises(TypeError, match=r"logits must be a torch.Tensor, got list"):
+        symmpo_loss([[1.0]], labels, ref)

@@ -1,1 +1,19 @@
-"""symmpo_kernels: Triton kernels of the SymMPO logits path (installed under this name)."""
+"""symmpo_kernels: Triton kernels of the SymMPO logits path (installed under this name).
+
+Set TRITON_INTERPRET=1 before importing this package to run the kernels on CPU tensors.
+"""
+
+from .launch import block_config, check_launchable, interpreter_enabled
+from .logprobs import SequenceLogps, logprobs_backward, logprobs_forward
+from .symmpo_terms import FusedSymMPOLoss, symmpo_terms_forward
+
+__all__ = [
+    "FusedSymMPOLoss",
+    "SequenceLogps",
+    "block_config",
+    "check_launchable",
+    "interpreter_enabled",
+    "logprobs_backward",
+    "logprobs_forward",
+    "symmpo_terms_forward",
+]

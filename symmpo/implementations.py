@@ -1,10 +1,12 @@
-"""Choosing and running an implementation of the logits path ("torch" or "triton")."""
+"""Choosing and running an implementation of the logits path: "torch" (the eager reference) or
+"triton" (symmpo_kernels, imported on first use so that symmpo imports without Triton)."""
 
 from __future__ import annotations
 
 import torch
 
 from . import reference
+from .config import SymMPOConfig
 
 IMPLS = ("auto", "triton", "torch")
 
@@ -15,16 +17,64 @@ def resolve_impl(impl: str, tensor: torch.Tensor) -> str:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         return "triton" if tensor.is_cuda else "torch"
+    if impl == "triton":
+        _kernels().check_launchable(tensor)
     return impl
 
 
 def score_sequences(
-    logits: torch.Tensor, labels: torch.Tensor, average: bool, ignore_index: int, impl: str
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    average: bool,
+    ignore_index: int,
+    impl: str,
+    inplace_grad: bool = False,
 ) -> torch.Tensor:
     """(N, T, V) logits, (N, T) int64 labels -> (N,) float32 log-probs; input already checked."""
     if impl == "triton":
-        raise NotImplementedError(
-            "impl='triton' needs the fused Triton kernels of symmpo_kernels, which have not "
-            "landed yet; use impl='torch'"
-        )
+        return _kernels().SequenceLogps.apply(logits, labels, average, ignore_index, inplace_grad)
     return reference.sequence_logps(logits, labels, average, ignore_index)
+
+
+@torch.no_grad()
+def score_reference(
+    logits: torch.Tensor, labels: torch.Tensor, average: bool, ignore_index: int, impl: str
+) -> torch.Tensor:
+    """Like score_sequences without gradient; the Triton path runs the forward kernel only."""
+    if impl == "triton":
+        sums, counts, _ = _kernels().logprobs_forward(logits, labels, ignore_index, store_lse=False)
+        return sums / counts.clamp(min=1) if average else sums
+    return reference.sequence_logps(logits, labels, average, ignore_index)
+
+
+def fused_symmpo(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ref_logps: torch.Tensor,
+    config: SymMPOConfig,
+    inplace_grad: bool,
+):
+    """The Triton path: (loss, policy (5B,), per-example (B,), terms (4, B), z (3, B))."""
+    weights = (
+        config.beta,
+        config.contrast_beta,
+        config.pair_weight,
+        config.margin_weight,
+        config.anchor_weight,
+        config.delta,
+    )
+    return _kernels().FusedSymMPOLoss.apply(
+        logits,
+        labels,
+        ref_logps.detach().float().reshape(-1),
+        weights,
+        config.average_log_prob,
+        config.ignore_index,
+        inplace_grad,
+    )
+
+
+def _kernels():
+    import symmpo_kernels
+
+    return symmpo_kernels

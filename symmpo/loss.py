@@ -6,7 +6,7 @@ import torch
 
 from . import reference
 from .config import SymMPOConfig, resolve_config
-from .implementations import resolve_impl, score_sequences
+from .implementations import fused_symmpo, resolve_impl, score_reference, score_sequences
 from .output import PreferenceOutput, SymMPOOutput
 from .validation import (
     check_labels,
@@ -25,12 +25,14 @@ def sequence_logps(
     ignore_index: int = -100,
     allow_empty: bool = False,
     impl: str = "auto",
+    inplace_grad: bool = False,
 ) -> torch.Tensor:
     """Per-sequence log-probability of the labels, differentiable with respect to ``logits``.
 
     s = sum over target positions t of logits[t, labels[t+1]] - logsumexp(logits[t]), divided
     by the target count when ``average``. logits (N, T, V) fp32/bf16/fp16, labels (N, T)
     integer aligned with input_ids (``ignore_index`` marks non-targets) -> (N,) float32.
+    ``inplace_grad`` (Triton only; see ``symmpo_loss``) writes the gradient into ``logits``.
     """
     logits = check_logits("logits", logits, kind_major=False)
     rows, seq_len, vocab = logits.shape
@@ -38,7 +40,7 @@ def sequence_logps(
     check_same_device(logits=logits, labels=labels)
     check_targets(labels, ignore_index, allow_empty, kind_major=False)
     impl = resolve_impl(impl, logits)
-    return score_sequences(logits, labels, average, ignore_index, impl)
+    return score_sequences(logits, labels, average, ignore_index, impl, inplace_grad)
 
 
 def symmpo_loss(
@@ -49,6 +51,7 @@ def symmpo_loss(
     ref_logits: torch.Tensor | None = None,
     config: SymMPOConfig | None = None,
     impl: str = "auto",
+    inplace_grad: bool = False,
     **overrides,
 ) -> SymMPOOutput:
     """SymMPO loss of a kind-major batch of five sequences per example (../shared/SPEC.md).
@@ -62,7 +65,15 @@ def symmpo_loss(
         ref_logps: (5B,) or (5, B) reference sequence log-probs, or
         ref_logits: reference logits shaped like ``logits``, scored without gradient.
         config: a SymMPOConfig; keyword ``overrides`` (beta=..., pair_weight=...) replace fields.
-        impl: "auto" (Triton on CUDA tensors, torch otherwise), "triton" or "torch".
+        impl: "auto" (Triton on CUDA tensors, torch otherwise), "triton" or "torch". "triton"
+            on CPU tensors runs under Triton's interpreter when TRITON_INTERPRET=1 was set
+            before the kernels were imported.
+        inplace_grad: Triton only (the torch path ignores it): backward writes dL/dlogits into
+            the logits buffer instead of a second (5B, T, V) tensor. The logits are destroyed by
+            backward: nothing may read them afterwards (another loss, a second backward).
+
+    The Triton path reads the logits once forward and once backward, keeps 4 bytes (the
+    float32 logsumexp) per position, and writes the gradient once.
 
     Returns a SymMPOOutput whose ``loss`` is the differentiable batch mean.
     """
@@ -89,13 +100,18 @@ def symmpo_loss(
     check_targets(labels, config.ignore_index, config.allow_empty)
     impl = resolve_impl(impl, logits)
 
-    policy = score_sequences(logits, labels, config.average_log_prob, config.ignore_index, impl)
     if ref_logits is not None:
-        with torch.no_grad():
-            ref_logps = score_sequences(
-                ref_logits, labels, config.average_log_prob, config.ignore_index, impl
-            )
-    return _symmpo_output(policy.view(5, -1), ref_logps.reshape(5, -1), config)
+        ref_logps = score_reference(
+            ref_logits, labels, config.average_log_prob, config.ignore_index, impl
+        )
+    ref_logps = ref_logps.reshape(5, -1)
+    if impl == "triton":
+        loss, policy, per_example, terms, z = fused_symmpo(
+            logits, labels, ref_logps, config, inplace_grad
+        )
+        return _assemble_output(loss, per_example, terms, z, policy.view(5, -1), ref_logps, config)
+    policy = score_sequences(logits, labels, config.average_log_prob, config.ignore_index, impl)
+    return _symmpo_output(policy.view(5, -1), ref_logps, config)
 
 
 def symmpo_loss_from_logps(
@@ -161,26 +177,39 @@ def mdpo_loss(
 
 
 def _symmpo_output(policy_logps, ref_logps, config: SymMPOConfig) -> SymMPOOutput:
+    """The torch path: autograd through the eager terms."""
     ref_logps = ref_logps.to(policy_logps.dtype).detach()
-    terms = reference.symmpo_terms(policy_logps, ref_logps, config)
-    detached = [t.detach() for t in terms]
-    _, dpo, pair, margin, anchor, z_dpo, z_p1, z_p2 = detached
+    t = reference.symmpo_terms(policy_logps, ref_logps, config)
+    terms = torch.stack([t.dpo, t.pair, t.margin, t.anchor]).detach()
+    z = torch.stack([t.z_dpo, t.z_p1, t.z_p2]).detach()
+    return _assemble_output(
+        t.loss.mean(), t.loss.detach(), terms, z, policy_logps, ref_logps, config
+    )
+
+
+def _assemble_output(loss, per_example, terms, z, policy_logps, ref_logps, config):
+    """terms (4, B) = (dpo, pair, margin, anchor), z (3, B) = (z_dpo, z_p1, z_p2)."""
+    policy_logps = policy_logps.detach()
+    ref_logps = ref_logps.to(policy_logps.dtype)
+    term_means = terms.mean(-1)
+    accuracies = (z > 0).float().mean(-1)
+    margins = z.mean(-1)
     return SymMPOOutput(
-        loss=terms.loss.mean(),
-        per_example_loss=detached[0],
-        dpo=dpo.mean(),
-        pair=pair.mean(),
-        margin=margin.mean(),
-        anchor=anchor.mean(),
-        policy_logps=policy_logps.detach(),
+        loss=loss,
+        per_example_loss=per_example,
+        dpo=term_means[0],
+        pair=term_means[1],
+        margin=term_means[2],
+        anchor=term_means[3],
+        policy_logps=policy_logps,
         ref_logps=ref_logps,
-        rewards=reference.symmpo_rewards(policy_logps.detach(), ref_logps, config),
-        accuracy_dpo=(z_dpo > 0).float().mean(),
-        accuracy_pair1=(z_p1 > 0).float().mean(),
-        accuracy_pair2=(z_p2 > 0).float().mean(),
-        reward_margin_dpo=z_dpo.mean(),
-        reward_margin_pair1=z_p1.mean(),
-        reward_margin_pair2=z_p2.mean(),
+        rewards=reference.symmpo_rewards(policy_logps, ref_logps, config),
+        accuracy_dpo=accuracies[0],
+        accuracy_pair1=accuracies[1],
+        accuracy_pair2=accuracies[2],
+        reward_margin_dpo=margins[0],
+        reward_margin_pair1=margins[1],
+        reward_margin_pair2=margins[2],
     )
 
 

@@ -1,6 +1,9 @@
 """Public API behaviour and the properties of the objective (hypothesis)."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -170,7 +173,15 @@ def test_mdpo_matches_formula():
     assert set(out.terms) == {"dpo", "cond", "anchor"}
 
 
-def test_triton_impl_on_cpu_without_kernels_is_clear():
-    logits, labels, ref = make_batch(batch=1)
-    with pytest.raises(NotImplementedError, match="impl='triton'"):
-        symmpo_loss(logits, labels, ref, impl="triton")
+def test_triton_without_cuda_or_interpreter_says_so():
+    code = (
+        "import torch; from symmpo import symmpo_loss\n"
+        "logits = torch.randn(5, 3, 4); labels = torch.tensor([[-100, 1, 2]] * 5)\n"
+        "try:\n"
+        "    symmpo_loss(logits, labels, torch.zeros(5), impl='triton')\n"
+        "except RuntimeError as e:\n"
+        "    print(e)\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "need a CUDA tensor, or TRITON_INTERPRET=1" in out.stdout, out.stderr

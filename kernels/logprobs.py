@@ -1,0 +1,259 @@
+"""Fused per-sequence log-probabilities of labels under logits, with a hand-written backward.
+
+Forward, for each row n of an (N, T, V) logits tensor and each position t < T-1 whose next label
+y = labels[n, t+1] is not ignore_index:
+
+    lse[n, t] = logsumexp_v logits[n, t, v]                 (float32, saved for backward)
+    sums[n]  += logits[n, t, y] - lse[n, t]                  (float32 atomic add)
+    counts[n] += 1
+
+Backward, from g[n] = dL/dsums[n] (already divided by counts[n] for averaged log-probs):
+
+    grad[n, t, v] = g[n] * (1[v == y] - exp(logits[n, t, v] - lse[n, t]))   at targets
+    grad[n, t, v] = 0                                                       elsewhere
+
+Bytes, for P target positions and 2-byte logits: the forward reads P*V*2 (non-target rows are
+never read) and writes 4 bytes per position; the backward reads P*V*2 and writes N*T*V*2 (the
+whole gradient, zeros included). No (positions x V) intermediate exists. The logits are read
+through their strides, so the shift logits[:, :-1] costs no copy and non-contiguous input works.
+
+The sums are float32 atomics across programs: their addition order, and so the last bits of a
+sum, can vary from run to run (about 1e-7 relative).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import block_config, check_launchable
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _row_offsets(row, seq_len, stride_n, stride_t, label_stride_n, label_stride_t):
+    """Row index of the flattened (N*T) positions -> (t, logits offset, next-label offset).
+
+    Offsets are int64: (N*T)*V passes 2^31 at about 67k positions of a 32064 vocabulary.
+    """
+    row = row.to(tl.int64)
+    n = row // seq_len
+    t = row % seq_len
+    offset = n * stride_n + t * stride_t
+    label_offset = n * label_stride_n + (t + 1) * label_stride_t
+    return n, t, offset, label_offset
+
+
+@triton.jit
+def _logprobs_fwd_kernel(
+    logits_ptr,
+    labels_ptr,
+    lse_ptr,
+    sums_ptr,
+    counts_ptr,
+    stride_n,
+    stride_t,
+    stride_v,
+    label_stride_n,
+    label_stride_t,
+    seq_len,
+    vocab,
+    ignore_index,
+    STORE_LSE: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """One program per position (n, t). Reads logits[n, t, :] once if it is a target, else nothing.
+
+    Writes lse[n*T + t] (0 at non-targets) when STORE_LSE, and atomically adds the position's
+    log-prob and 1 to sums[n] and counts[n].
+    """
+    row = tl.program_id(0)
+    n, t, offset, label_offset = _row_offsets(
+        row, seq_len, stride_n, stride_t, label_stride_n, label_stride_t
+    )
+    has_next = t < seq_len - 1
+    label = tl.load(labels_ptr + label_offset, mask=has_next, other=ignore_index)
+    is_target = label != ignore_index
+    lse = 0.0
+    if is_target:
+        row_ptr = logits_ptr + offset
+        cols = tl.arange(0, BLOCK_V)
+        # First block peeled so the running max and sum start as real float32 scalars.
+        x = tl.load(row_ptr + cols * stride_v, mask=cols < vocab, other=float("-inf"))
+        x = x.to(tl.float32)
+        running_max = tl.max(x, axis=0)
+        running_sum = tl.sum(tl.exp(x - running_max), axis=0)
+        for start in range(BLOCK_V, vocab, BLOCK_V):
+            idx = start + cols
+            x = tl.load(row_ptr + idx * stride_v, mask=idx < vocab, other=float("-inf"))
+            x = x.to(tl.float32)
+            new_max = tl.maximum(running_max, tl.max(x, axis=0))
+            running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(
+                tl.exp(x - new_max), axis=0
+            )
+            running_max = new_max
+        lse = running_max + tl.log(running_sum)
+        target = tl.load(row_ptr + label.to(tl.int64) * stride_v).to(tl.float32)
+        tl.atomic_add(sums_ptr + n, target - lse)
+        tl.atomic_add(counts_ptr + n, 1)
+    if STORE_LSE:
+        tl.store(lse_ptr + row, lse)
+
+
+@triton.jit
+def _logprobs_bwd_kernel(
+    logits_ptr,
+    labels_ptr,
+    lse_ptr,
+    grad_seq_ptr,
+    grad_ptr,
+    stride_n,
+    stride_t,
+    stride_v,
+    label_stride_n,
+    label_stride_t,
+    grad_stride_n,
+    grad_stride_t,
+    grad_stride_v,
+    seq_len,
+    vocab,
+    ignore_index,
+    BLOCK_V: tl.constexpr,
+):
+    """One program per position: grad[n, t, :] = g[n] (onehot(y) - softmax) or exact zeros.
+
+    Reads logits[n, t, :] once at targets; writes grad[n, t, :] once everywhere. grad may be the
+    logits buffer itself (in-place mode): each element is read before it is overwritten.
+    """
+    row = tl.program_id(0)
+    n, t, offset, label_offset = _row_offsets(
+        row, seq_len, stride_n, stride_t, label_stride_n, label_stride_t
+    )
+    grad_offset = n * grad_stride_n + t * grad_stride_t
+    has_next = t < seq_len - 1
+    label = tl.load(labels_ptr + label_offset, mask=has_next, other=ignore_index)
+    cols = tl.arange(0, BLOCK_V)
+    grad_row = grad_ptr + grad_offset
+    if label != ignore_index:
+        g = tl.load(grad_seq_ptr + n)
+        lse = tl.load(lse_ptr + row)
+        row_ptr = logits_ptr + offset
+        for start in range(0, vocab, BLOCK_V):
+            idx = start + cols
+            mask = idx < vocab
+            x = tl.load(row_ptr + idx * stride_v, mask=mask, other=0.0).to(tl.float32)
+            grad = g * (tl.where(idx == label, 1.0, 0.0) - tl.exp(x - lse))
+            tl.store(grad_row + idx * grad_stride_v, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+    else:
+        zeros = tl.zeros([BLOCK_V], dtype=grad_ptr.dtype.element_ty)
+        for start in range(0, vocab, BLOCK_V):
+            idx = start + cols
+            tl.store(grad_row + idx * grad_stride_v, zeros, mask=idx < vocab)
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def logprobs_forward(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    store_lse: bool = True,
+    block_v: int | None = None,
+):
+    """Launch the forward kernel on (N, T, V) logits and (N, T) int labels (checked by the caller).
+
+    Returns (sums (N,) float32, counts (N,) int32, lse (N*T,) float32 or None).
+    """
+    check_launchable(logits)
+    rows, seq_len, vocab = logits.shape
+    block, warps = block_config(vocab, logits.device, block_v)
+    sums = torch.zeros(rows, dtype=torch.float32, device=logits.device)
+    counts = torch.zeros(rows, dtype=torch.int32, device=logits.device)
+    lse = torch.empty(rows * seq_len if store_lse else 1, dtype=torch.float32, device=logits.device)
+    _logprobs_fwd_kernel[(rows * seq_len,)](
+        logits,
+        labels,
+        lse,
+        sums,
+        counts,
+        *logits.stride(),
+        *labels.stride(),
+        seq_len,
+        vocab,
+        ignore_index,
+        STORE_LSE=store_lse,
+        BLOCK_V=block,
+        num_warps=warps,
+    )
+    return sums, counts, (lse if store_lse else None)
+
+
+def logprobs_backward(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    grad_seq: torch.Tensor,
+    ignore_index: int = -100,
+    inplace: bool = False,
+    block_v: int | None = None,
+) -> torch.Tensor:
+    """Gradient of sum_n grad_seq[n] * sums[n] with respect to logits, in the logits' dtype.
+
+    ``grad_seq`` (N,) float32 already includes any 1/count of averaged log-probs. With
+    ``inplace`` the gradient overwrites ``logits`` (no second N*T*V buffer).
+    """
+    check_launchable(logits)
+    rows, seq_len, vocab = logits.shape
+    block, warps = block_config(vocab, logits.device, block_v)
+    grad = logits if inplace else torch.empty_like(logits)
+    _logprobs_bwd_kernel[(rows * seq_len,)](
+        logits,
+        labels,
+        lse,
+        grad_seq.to(torch.float32).contiguous(),
+        grad,
+        *logits.stride(),
+        *labels.stride(),
+        *grad.stride(),
+        seq_len,
+        vocab,
+        ignore_index,
+        BLOCK_V=block,
+        num_warps=warps,
+    )
+    return grad
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------
+
+
+class SequenceLogps(torch.autograd.Function):
+    """(N, T, V) logits, (N, T) labels -> (N,) float32 sums (or means) of target log-probs."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, average: bool, ignore_index: int, inplace_grad: bool):
+        sums, counts, lse = logprobs_forward(logits, labels, ignore_index)
+        ctx.save_for_backward(logits, labels, lse, counts)
+        ctx.average, ctx.ignore_index, ctx.inplace_grad = average, ignore_index, inplace_grad
+        ctx.mark_non_differentiable(counts)
+        if average:
+            return sums / counts.clamp(min=1)
+        return sums
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, labels, lse, counts = ctx.saved_tensors
+        grad_seq = grad_out.float()
+        if ctx.average:
+            grad_seq = grad_seq / counts.clamp(min=1)
+        grad = logprobs_backward(logits, labels, lse, grad_seq, ctx.ignore_index, ctx.inplace_grad)
+        return grad, None, None, None, None

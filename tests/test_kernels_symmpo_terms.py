@@ -1,0 +1,161 @@
+"""The terms kernel and the fused logits -> loss path (Triton interpreter) against references."""
+
+import numpy as np
+import pytest
+import spec_oracle
+import torch
+from batches import make_batch
+from kernel_helpers import assert_error_within, poisoned_allocations
+
+from symmpo import SymMPOConfig, reference, symmpo_loss
+from symmpo_kernels import symmpo_terms_forward
+
+CONFIGS = [
+    SymMPOConfig(),
+    SymMPOConfig(
+        beta=0.25,
+        beta_contrast=0.15,
+        pair_weight=0.8,
+        margin_weight=0.01,
+        anchor_weight=0.3,
+        delta=0.2,
+    ),
+    SymMPOConfig(pair_weight=0.0, margin_weight=0.0, anchor_weight=0.0),
+]
+
+
+def _weights(c):
+    return (c.beta, c.contrast_beta, c.pair_weight, c.margin_weight, c.anchor_weight, c.delta)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("batch", [1, 3, 37])
+def test_terms_kernel_matches_float64(monkeypatch, config, batch):
+    policy = torch.randn(5, batch, dtype=torch.float64) * 20
+    ref = torch.randn(5, batch, dtype=torch.float64) * 20
+    policy[:, 0] = torch.tensor([400.0, -400.0, 300.0, -300.0, 500.0], dtype=torch.float64)
+    with poisoned_allocations(monkeypatch):
+        loss, terms, z, grad = symmpo_terms_forward(policy.float(), ref.float(), _weights(config))
+    p = policy.float().double().requires_grad_(True)  # the float32 inputs, exactly
+    exact = reference.symmpo_terms(p, ref.float().double(), config)
+    exact.loss.mean().backward()
+    torch.testing.assert_close(loss.double(), exact.loss.detach(), rtol=1e-5, atol=1e-5)
+    expected_terms = torch.stack([exact.dpo, exact.pair, exact.margin, exact.anchor]).detach()
+    torch.testing.assert_close(terms.double(), expected_terms, rtol=1e-5, atol=1e-5)
+    expected_z = torch.stack([exact.z_dpo, exact.z_p1, exact.z_p2]).detach()
+    torch.testing.assert_close(z.double(), expected_z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), p.grad, rtol=1e-5, atol=1e-7)
+    _, g_spec = spec_oracle.symmpo(
+        p.detach().numpy(),
+        ref.float().double().numpy(),
+        **{
+            k: getattr(config, k)
+            for k in (
+                "beta",
+                "beta_contrast",
+                "pair_weight",
+                "margin_weight",
+                "anchor_weight",
+                "delta",
+            )
+        },
+    )
+    np.testing.assert_allclose(grad.double().numpy(), g_spec, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("average", [False, True])
+@pytest.mark.parametrize("config", CONFIGS[:2])
+def test_fused_loss_matches_spec_fp32(monkeypatch, average, config):
+    logits, labels, ref = make_batch(batch=2, seq_len=6, vocab=300, scale=3.0, seed=3)
+    x = logits.clone().requires_grad_(True)
+    with poisoned_allocations(monkeypatch):
+        out = symmpo_loss(x, labels, ref, config=config, impl="triton", average_log_prob=average)
+        out.loss.backward()
+    weights = {
+        k: getattr(config, k)
+        for k in ("beta", "beta_contrast", "pair_weight", "margin_weight", "anchor_weight", "delta")
+    }
+    loss64, grad64 = spec_oracle.symmpo_from_logits(
+        logits.numpy(), labels.numpy(), ref.numpy(), average=average, **weights
+    )
+    assert abs(out.loss.item() - loss64) <= 1e-5 * max(1.0, abs(loss64))
+    np.testing.assert_allclose(x.grad.double().numpy(), grad64, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_metrics_equal_torch_path():
+    logits, labels, ref = make_batch(batch=4, seq_len=5, vocab=40, seed=5)
+    a = symmpo_loss(logits, labels, ref, impl="triton", beta=0.3)
+    b = symmpo_loss(logits, labels, ref, impl="torch", beta=0.3)
+    for name, value in b.metrics().items():
+        assert a.metrics()[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    torch.testing.assert_close(a.per_example_loss, b.per_example_loss)
+    torch.testing.assert_close(a.rewards, b.rewards)
+
+
+def test_fused_bf16_errors_within_torch():
+    logits, labels, ref = make_batch(batch=2, seq_len=6, vocab=257, dtype=torch.bfloat16, seed=7)
+    grads = {}
+    losses = {}
+    for name, x, impl in (
+        ("kernel", logits, "triton"),
+        ("torch", logits, "torch"),
+        ("exact", logits.double(), "torch"),
+    ):
+        x = x.clone().requires_grad_(True)
+        out = symmpo_loss(x, labels, ref.double() if name == "exact" else ref, impl=impl)
+        out.loss.backward()
+        grads[name], losses[name] = x.grad, out.loss.detach()
+    assert grads["kernel"].dtype == torch.bfloat16
+    assert_error_within(losses["kernel"], losses["torch"], losses["exact"], eps_scale=1e-6)
+    assert_error_within(grads["kernel"], grads["torch"], grads["exact"])
+
+
+def test_ref_logits_and_inplace_grad():
+    logits, labels, ref = make_batch(batch=2, seq_len=5, vocab=31, seed=9)
+    ref_logits = logits + 0.5 * torch.randn_like(logits)
+    a = logits.clone().requires_grad_(True)
+    out = symmpo_loss(a, labels, ref_logits=ref_logits, impl="triton")
+    out.loss.backward()
+    torch.testing.assert_close(
+        out.ref_logps.flatten(), reference.sequence_logps(ref_logits, labels)
+    )
+
+    # In-place: the gradient lands in the logits buffer itself.
+    leaf = logits.clone().requires_grad_(True)
+    buffer = leaf * 1.0  # an intermediate, as lm_head's output would be
+    captured = {}
+    buffer.register_hook(lambda g: captured.setdefault("grad", g))
+    symmpo_loss(
+        buffer, labels, ref_logits=ref_logits, impl="triton", inplace_grad=True
+    ).loss.backward()
+    assert captured["grad"].data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(leaf.grad, a.grad)
+
+
+def test_upstream_gradient_scales():
+    logits, labels, ref = make_batch(batch=2, seq_len=5, vocab=17, seed=11)
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    (3.0 * symmpo_loss(a, labels, ref, impl="triton").loss).backward()
+    (3.0 * symmpo_loss(b, labels, ref, impl="torch").loss).backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_huge_logits_give_finite_loss_and_grad():
+    logits, labels, ref = make_batch(batch=1, seq_len=6, vocab=64, scale=1e4, seed=13)
+    x = logits.clone().requires_grad_(True)
+    out = symmpo_loss(x, labels, ref, impl="triton")
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(x.grad).all()
+
+
+def test_allow_empty_under_triton():
+    logits, labels, ref = make_batch(batch=1, seq_len=6, vocab=19, seed=15)
+    labels[1, 1:] = -100
+    x = logits.clone().requires_grad_(True)
+    out = symmpo_loss(x, labels, ref, impl="triton", allow_empty=True)
+    out.loss.backward()
+    assert out.policy_logps.flatten()[1].item() == 0.0
+    assert torch.all(x.grad[1] == 0)
+    expected = symmpo_loss(logits, labels, ref, impl="torch", allow_empty=True)
+    assert out.loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)

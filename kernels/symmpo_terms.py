@@ -5,8 +5,9 @@ example (../shared/SPEC.md, "The loss" and "Gradients"):
 
     z_dpo = beta (r0 - r1)   z_p1 = beta (r0 - r2)   z_p2 = beta (r4 - r3)
     mgn = (r0 - r2) - (r4 - r3)   a1 = beta r0 - delta   a2 = beta_c r4 - delta
-    loss = -ls(z_dpo) + pw (-ls(z_p1) - ls(z_p2)) + mw mgn^2 + aw (-ls(a1) - ls(a2)),  ls = log sigmoid
+    loss = -ls(z_dpo) + pw (-ls(z_p1) - ls(z_p2)) + mw mgn^2 + aw (-ls(a1) - ls(a2))
 
+with ls = log sigmoid,
 and dL/ds_k of the batch mean (the 1/B included). Reads 40 B bytes, writes 4*(1+4+3+5) B bytes:
 the launch is tiny, and it replaces an autograd graph of some thirty small ops.
 """

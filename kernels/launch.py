@@ -32,8 +32,10 @@ def check_launchable(tensor: torch.Tensor) -> None:
     )
 
 
-def block_config(vocab: int, device: torch.device, block_v: int | None = None) -> tuple[int, int]:
-    """(BLOCK_V, num_warps) for rows of ``vocab`` elements; ``block_v`` forces a block size.
+def block_config(
+    vocab: int, device: torch.device, block_v: int | None = None, num_warps: int | None = None
+) -> tuple[int, int]:
+    """(BLOCK_V, num_warps) for rows of ``vocab`` elements; the arguments force either.
 
     The environment variable SYMMPO_BLOCK_V overrides the GPU block (for tuning runs).
     """
@@ -43,5 +45,6 @@ def block_config(vocab: int, device: torch.device, block_v: int | None = None) -
         block_v = min(triton.next_power_of_2(vocab), limit)
     if block_v & (block_v - 1):
         raise ValueError(f"block_v must be a power of two, got {block_v}")
-    warps = 4 if block_v <= 2048 else 8 if block_v <= 8192 else 16
-    return block_v, warps
+    if num_warps is None:
+        num_warps = 4 if block_v <= 2048 else 8 if block_v <= 8192 else 16
+    return block_v, num_warps

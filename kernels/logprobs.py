@@ -166,6 +166,7 @@ def logprobs_forward(
     ignore_index: int = -100,
     store_lse: bool = True,
     block_v: int | None = None,
+    num_warps: int | None = None,
 ):
     """Launch the forward kernel on (N, T, V) logits and (N, T) int labels (checked by the caller).
 
@@ -173,7 +174,7 @@ def logprobs_forward(
     """
     check_launchable(logits)
     rows, seq_len, vocab = logits.shape
-    block, warps = block_config(vocab, logits.device, block_v)
+    block, warps = block_config(vocab, logits.device, block_v, num_warps)
     sums = torch.zeros(rows, dtype=torch.float32, device=logits.device)
     counts = torch.zeros(rows, dtype=torch.int32, device=logits.device)
     lse = torch.empty(rows * seq_len if store_lse else 1, dtype=torch.float32, device=logits.device)
@@ -203,6 +204,7 @@ def logprobs_backward(
     ignore_index: int = -100,
     inplace: bool = False,
     block_v: int | None = None,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """Gradient of sum_n grad_seq[n] * sums[n] with respect to logits, in the logits' dtype.
 
@@ -211,7 +213,7 @@ def logprobs_backward(
     """
     check_launchable(logits)
     rows, seq_len, vocab = logits.shape
-    block, warps = block_config(vocab, logits.device, block_v)
+    block, warps = block_config(vocab, logits.device, block_v, num_warps)
     grad = logits if inplace else torch.empty_like(logits)
     _logprobs_bwd_kernel[(rows * seq_len,)](
         logits,

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The one device script: correctness on CUDA at realistic shapes (one past 2^31 elements), then
+# benchmark rows into $OUT/results.csv (merge them with `python benchmarks/results_csv.py merge`).
+#   STEPS="env correctness tune logits" bash benchmarks/device_check.sh    (default: all steps)
+# Tried on the CPU too: the CUDA tests skip and the benchmarks run their CPU shapes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 SYMMPO_RESULTS_CSV="$OUT/results.csv"
+if python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  export TRITON_INTERPRET=0
+fi
+# Import symmpo and symmpo_kernels (the folder kernels/) from this checkout without installing.
+if ! python3 -c "import symmpo_kernels" 2>/dev/null; then
+  mkdir -p /tmp/symmpo_path && ln -sfn "$PWD/kernels" /tmp/symmpo_path/symmpo_kernels
+  export PYTHONPATH="$PWD:/tmp/symmpo_path${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+STEPS=${STEPS:-"env correctness tune logits"}
+status=0
+run() {
+  local name=$1
+  shift
+  echo "=== $name ($(date +%T))"
+  "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ]; then
+    echo "!!! $name failed with exit code $rc"
+    status=1
+  fi
+}
+for step in $STEPS; do
+  case $step in
+    env) run env bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null;
+           python3 -c "import torch, triton; print(torch.__version__, triton.__version__,
+                       torch.cuda.get_device_name() if torch.cuda.is_available() else \"cpu\")"' ;;
+    correctness) run correctness timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py ;;
+    tune) if [ "${TRITON_INTERPRET:-}" = 0 ]; then run tune timeout 90 python3 benchmarks/tune_logits_blocks.py; fi ;;
+    logits) run logits timeout 330 python3 -m pytest -q -p no:cacheprovider --benchmark-disable \
+              benchmarks/bench_logits_path.py ;;
+    *) echo "unknown step $step"; status=1 ;;
+  esac
+done
+echo "=== summary ($(date +%T))"
+python3 benchmarks/summarize.py "$OUT/results.csv" | tee "$OUT/summary.txt"
+exit $status

@@ -1,0 +1,109 @@
+"""Correctness on a CUDA device at realistic shapes (skipped without one; run by
+benchmarks/device_check.sh with TRITON_INTERPRET=0)."""
+
+import pytest
+import torch
+from kernel_helpers import assert_error_within
+
+from symmpo import reference, sequence_logps, symmpo_loss
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1",
+    reason="needs a CUDA device and compiled (not interpreted) Triton",
+)
+V = 32064
+
+
+def llava_batch(batch, seq_len, dtype, prompt=600, seed=0):
+    """Five sequences per example: 600 ignored image+prompt positions, then response targets."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    rows = 5 * batch
+    logits = 4 * torch.randn(rows, seq_len, V, device="cuda", generator=gen)
+    labels = torch.randint(0, V, (rows, seq_len), device="cuda", generator=gen)
+    labels[:, :prompt] = -100
+    for i in range(rows):  # ragged right padding
+        labels[i, seq_len - 7 * i :] = -100
+    ref = -torch.rand(rows, device="cuda", generator=gen) * 500
+    return logits.to(dtype), labels, ref
+
+
+def _grad(logits, labels, ref, impl, **kw):
+    x = logits.clone().requires_grad_(True)
+    out = symmpo_loss(x, labels, ref, impl=impl, **kw)
+    out.loss.backward()
+    return out, x.grad
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_fp32_matches_float64(average):
+    logits, labels, ref = llava_batch(2, 800, torch.float32)
+    kw = dict(average_log_prob=average, beta=0.2, pair_weight=0.7, margin_weight=0.01, delta=0.1)
+    out, grad = _grad(logits, labels, ref, "triton", **kw)
+    exact, exact_grad = _grad(logits.double(), labels, ref.double(), "torch", **kw)
+    assert abs(out.loss.item() - exact.loss.item()) <= 1e-5 * max(1, abs(exact.loss.item()))
+    torch.testing.assert_close(out.policy_logps.double(), exact.policy_logps, rtol=1e-5, atol=1e-4)
+    err = (grad.double() - exact_grad).abs().max().item()
+    assert err <= 1e-5 * exact_grad.abs().max().item()
+
+
+def test_bf16_errors_within_torch():
+    logits, labels, ref = llava_batch(4, 800, torch.bfloat16)
+    out, grad = _grad(logits, labels, ref, "triton")
+    eager, eager_grad = _grad(logits, labels, ref, "torch")
+    exact, exact_grad = _grad(logits.double(), labels, ref.double(), "torch")
+    assert_error_within(out.loss.detach(), eager.loss.detach(), exact.loss.detach(), eps_scale=1e-6)
+    assert_error_within(grad, eager_grad, exact_grad)
+
+
+def test_ref_logits_inplace_and_non_contiguous():
+    logits, labels, ref = llava_batch(1, 700, torch.bfloat16)
+    ref_logits = logits + 0.1
+    _, grad = _grad(logits, labels, ref, "triton")
+    buffer = logits.clone().requires_grad_(True)
+    mid = buffer * 1
+    symmpo_loss(mid, labels, ref, impl="triton", inplace_grad=True).loss.backward()
+    torch.testing.assert_close(buffer.grad, grad, rtol=0, atol=0)
+    out = symmpo_loss(logits, labels, ref_logits=ref_logits, impl="triton")
+    expected = reference.sequence_logps(ref_logits, labels)
+    torch.testing.assert_close(out.ref_logps.flatten(), expected, rtol=1e-5, atol=1e-2)
+    padded = torch.zeros(*logits.shape[:2], V + 64, device="cuda", dtype=logits.dtype)
+    padded[..., :V] = logits
+    view = padded[..., :V]
+    torch.testing.assert_close(
+        sequence_logps(view, labels, impl="triton"), sequence_logps(logits, labels, impl="triton")
+    )
+
+
+def test_more_than_2_31_elements():
+    """(5 x 14000) positions x 32064 = 2.24e9 elements: offsets past 2^31 must be exact."""
+    rows, seq_len = 5, 14000
+    assert rows * seq_len * V > 2**31
+    logits = torch.randn(rows, seq_len, V, device="cuda", dtype=torch.bfloat16)
+    labels = torch.randint(0, V, (rows, seq_len), device="cuda")
+    labels[:, :3] = -100
+    x = logits.requires_grad_(True)
+    weights = torch.randn(rows, device="cuda")
+    logps = sequence_logps(x, labels, impl="triton")
+    (logps * weights).sum().backward()
+    grad = x.grad
+    x = x.detach()
+    with torch.no_grad():  # the reference in 1000-position chunks (each chunk + its next label)
+        chunk = (
+            lambda r, s: reference.sequence_logps(  # noqa: E731
+                x[r : r + 1, s : s + 1001], labels[r : r + 1, s : s + 1001]
+            )
+        )
+        expected = torch.cat(
+            [sum(chunk(r, s) for s in range(0, seq_len, 1000)) for r in range(rows)]
+        )
+    torch.testing.assert_close(logps, expected, rtol=2e-5, atol=1e-2)
+    # The last positions of the last row live past element 2^31.
+    t0 = seq_len - 50
+    assert ((rows - 1) * seq_len + t0) * V > 2**31
+    tail = x[rows - 1, t0 : seq_len - 1].float()
+    probs = torch.softmax(tail, -1)
+    onehot = torch.nn.functional.one_hot(labels[rows - 1, t0 + 1 :], V).float()
+    expected_grad = weights[rows - 1] * (onehot - probs)
+    torch.testing.assert_close(grad[rows - 1, t0 : seq_len - 1].float(), expected_grad,
+                               rtol=1e-2, atol=1e-5)  # fmt: skip
+    assert torch.all(grad[:, :2] == 0) and torch.all(grad[:, -1] == 0)

@@ -20,8 +20,8 @@ def main(path: pathlib.Path) -> None:
     for key in sorted(table):
         m = table[key]
         op, mode, n, _, dtype, provider = key
-        cells = [f"{m[k]:>{w}.{p}f}" if k in m else " " * w
-                 for k, w, p in (("ms", 9, 3), ("gbps", 8, 0), ("tflops", 9, 1), ("peak_mem_mb", 10, 0))]  # fmt: skip
+        columns = (("ms", 9, 3), ("gbps", 8, 0), ("tflops", 9, 1), ("peak_mem_mb", 10, 0))
+        cells = [f"{m[k]:>{w}.{p}f}" if k in m else " " * w for k, w, p in columns]
         print(f"{op:<14}{mode:<16}{n:>7} {dtype:<9}{provider:<30}" + "".join(cells))
 
 

@@ -7,9 +7,12 @@ import os
 import torch
 import triton
 
-#: Largest vocabulary block a GPU program holds at once: 32768 covers LLaVA-1.5's 32064 in one
-#: pass (64 KiB of bf16, 64 float32 registers a thread at 16 warps). Larger vocabularies loop.
-MAX_BLOCK_V_GPU = 32768
+#: GPU (BLOCK_V, num_warps) per kernel, measured on an H100 at N = 32000 bf16 positions and
+#: V = 32064 (benchmarks/tune_logits_blocks.py; rows in benchmarks/results/results.csv): the
+#: forward kernel reached 3045 GB/s at (4096, 4) against 1772 at (32768, 16), the backward
+#: 2942-2950 GB/s at (8192, 8) or (16384, 16) against 2217 at (32768, 16). Small blocks keep
+#: several programs per multiprocessor in flight, which hides the loads' latency.
+GPU_CONFIG = {"forward": (4096, 4), "backward": (8192, 8)}
 #: The interpreter costs about a millisecond per loop iteration: take whole rows.
 MAX_BLOCK_V_INTERPRETER = 1 << 17
 
@@ -33,18 +36,22 @@ def check_launchable(tensor: torch.Tensor) -> None:
 
 
 def block_config(
-    vocab: int, device: torch.device, block_v: int | None = None, num_warps: int | None = None
+    vocab: int,
+    device: torch.device,
+    block_v: int | None = None,
+    num_warps: int | None = None,
+    kernel: str = "forward",
 ) -> tuple[int, int]:
-    """(BLOCK_V, num_warps) for rows of ``vocab`` elements; the arguments force either.
-
-    The environment variable SYMMPO_BLOCK_V overrides the GPU block (for tuning runs).
-    """
+    """(BLOCK_V, num_warps) for rows of ``vocab`` elements of ``kernel`` ("forward" or
+    "backward"); the arguments force either (tests, tuning runs)."""
+    if device.type == "cuda":
+        default_block, default_warps = GPU_CONFIG[kernel]
+    else:
+        default_block, default_warps = MAX_BLOCK_V_INTERPRETER, 4
     if block_v is None:
-        limit = MAX_BLOCK_V_GPU if device.type == "cuda" else MAX_BLOCK_V_INTERPRETER
-        limit = int(os.environ.get("SYMMPO_BLOCK_V", limit)) if device.type == "cuda" else limit
-        block_v = min(triton.next_power_of_2(vocab), limit)
+        block_v = min(triton.next_power_of_2(vocab), default_block)
     if block_v & (block_v - 1):
         raise ValueError(f"block_v must be a power of two, got {block_v}")
     if num_warps is None:
-        num_warps = 4 if block_v <= 2048 else 8 if block_v <= 8192 else 16
+        num_warps = default_warps if block_v >= 1024 else 4
     return block_v, num_warps

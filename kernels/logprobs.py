@@ -213,7 +213,7 @@ def logprobs_backward(
     """
     check_launchable(logits)
     rows, seq_len, vocab = logits.shape
-    block, warps = block_config(vocab, logits.device, block_v, num_warps)
+    block, warps = block_config(vocab, logits.device, block_v, num_warps, "backward")
     grad = logits if inplace else torch.empty_like(logits)
     _logprobs_bwd_kernel[(rows * seq_len,)](
         logits,

@@ -13,7 +13,7 @@ from .validation import (
     check_logits,
     check_logps,
     check_same_device,
-    check_targets,
+    check_values,
 )
 
 
@@ -38,7 +38,7 @@ def sequence_logps(
     rows, seq_len, vocab = logits.shape
     labels = check_labels(labels, rows, seq_len, vocab, ignore_index, kind_major=False)
     check_same_device(logits=logits, labels=labels)
-    check_targets(labels, ignore_index, allow_empty, kind_major=False)
+    check_values(labels, vocab, ignore_index, allow_empty, kind_major=False)
     impl = resolve_impl(impl, logits)
     return score_sequences(logits, labels, average, ignore_index, impl, inplace_grad)
 
@@ -95,9 +95,9 @@ def symmpo_loss(
                 f"expected {tuple(logits.shape)}"
             )
     else:
-        ref_logps = check_logps("ref_logps", ref_logps, rows=rows)
+        ref_logps = check_logps("ref_logps", ref_logps, rows=rows, finite=False)
     check_same_device(logits=logits, labels=labels, ref_logps=ref_logps, ref_logits=ref_logits)
-    check_targets(labels, config.ignore_index, config.allow_empty)
+    check_values(labels, vocab, config.ignore_index, config.allow_empty, ref_logps=ref_logps)
     impl = resolve_impl(impl, logits)
 
     if ref_logits is not None:

@@ -105,8 +105,8 @@ def symmpo_rewards(
     policy_logps: torch.Tensor, ref_logps: torch.Tensor, config: SymMPOConfig
 ) -> torch.Tensor:
     """(5, B) implicit rewards: beta r_k for k = 0, 1, 2 and beta_contrast r_k for k = 3, 4."""
-    scale = policy_logps.new_tensor([config.beta] * 3 + [config.contrast_beta] * 2)
-    return scale[:, None] * (policy_logps - ref_logps)
+    r = policy_logps - ref_logps
+    return torch.cat([config.beta * r[:3], config.contrast_beta * r[3:]])
 
 
 def dpo_terms(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float):

@@ -65,7 +65,7 @@ def check_logits(name: str, logits, kind_major: bool = True) -> torch.Tensor:
 def check_labels(
     labels, rows: int, seq_len: int, vocab: int, ignore_index: int, kind_major: bool = True
 ) -> torch.Tensor:
-    """(5B, T) or (5, B, T) integer labels, each in [0, vocab) or ignore_index -> (5B, T) int64."""
+    """(5B, T) or (5, B, T) integer labels -> (5B, T) int64; their values: ``check_values``."""
     require_tensor("labels", labels)
     if labels.dtype not in INTEGER_DTYPES:
         raise TypeError(
@@ -78,36 +78,52 @@ def check_labels(
             f"labels of shape {tuple(labels.shape)} do not match the logits: expected "
             f"({rows}, {seq_len}) (rows and sequence length of logits)"
         )
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+    return labels.long()
+
+
+def check_values(
+    labels: torch.Tensor,
+    vocab: int,
+    ignore_index: int,
+    allow_empty: bool,
+    kind_major: bool = True,
+    **must_be_finite: torch.Tensor | None,
+) -> None:
+    """Every label in [0, vocab) or ignore_index; a target in every row unless ``allow_empty``;
+    the named tensors finite. One device sync when all is well (a few flags copied to the
+    host); the error messages are worked out only when something is wrong."""
+    is_target = labels != ignore_index
+    flags = [(is_target & ((labels < 0) | (labels >= vocab))).any()]
+    if not allow_empty:
+        flags.append(~is_target[:, 1:].any(-1).all())
+    finite = {name: t for name, t in must_be_finite.items() if t is not None}
+    flags += [~torch.isfinite(t).all() for t in finite.values()]
+    if not any(torch.stack(flags).tolist()):
+        return
+    bad = is_target & ((labels < 0) | (labels >= vocab))
     if bool(bad.any()):
         row, pos = (int(i) for i in bad.nonzero()[0])
         raise ValueError(
             f"labels[{row}, {pos}] = {int(labels[row, pos])} is outside [0, {vocab}) "
             f"(the vocabulary of the logits) and is not ignore_index={ignore_index}"
         )
-    return labels.long()
-
-
-def check_targets(
-    labels: torch.Tensor, ignore_index: int, allow_empty: bool, kind_major: bool = True
-) -> torch.Tensor:
-    """Number of target tokens per row (positions 1..T-1); a row with none raises unless allowed."""
-    counts = (labels[:, 1:] != ignore_index).sum(-1)
-    if not allow_empty:
-        empty = (counts == 0).nonzero().flatten()
-        if empty.numel():
-            where = ", ".join(_describe_row(int(r), labels.shape[0], kind_major) for r in empty[:5])
-            raise ValueError(
-                f"{empty.numel()} sequence(s) have no target token (every label after the first "
-                f"is ignore_index={ignore_index}): {where}; pass allow_empty=True to score them 0"
-            )
-    return counts
+    empty = (~is_target[:, 1:].any(-1)).nonzero().flatten()
+    if not allow_empty and empty.numel():
+        where = ", ".join(_describe_row(int(r), labels.shape[0], kind_major) for r in empty[:5])
+        raise ValueError(
+            f"{empty.numel()} sequence(s) have no target token (every label after the first "
+            f"is ignore_index={ignore_index}): {where}; pass allow_empty=True to score them 0"
+        )
+    for name, t in finite.items():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds non-finite values (NaN or inf); they must be finite")
 
 
 def check_logps(
-    name: str, logps, rows: int | None = None, num_kinds: int = NUM_KINDS
+    name: str, logps, rows: int | None = None, num_kinds: int = NUM_KINDS, finite: bool = True
 ) -> torch.Tensor:
-    """(num_kinds*B,) or (num_kinds, B) finite floating log-probs -> the (num_kinds, B) view."""
+    """(num_kinds*B,) or (num_kinds, B) floating log-probs -> the (num_kinds, B) view; with
+    ``finite`` NaN or inf raises (one device sync)."""
     require_tensor(name, logps)
     if not logps.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got {logps.dtype}")
@@ -128,8 +144,8 @@ def check_logps(
             f"{name} of shape {shape} does not match the batch: expected "
             f"({rows},) or ({num_kinds}, {rows // num_kinds})"
         )
-    if not bool(torch.isfinite(logps).all()):
-        raise ValueError(f"{name} holds non-finite values (NaN or inf); log-probs must be finite")
+    if finite and not bool(torch.isfinite(logps).all()):
+        raise ValueError(f"{name} holds non-finite values (NaN or inf); they must be finite")
     return logps
 
 

@@ -6,6 +6,7 @@ Set TRITON_INTERPRET=1 before importing this package to run the kernels on CPU t
 from .launch import block_config, check_launchable, interpreter_enabled
 from .logprobs import SequenceLogps, logprobs_backward, logprobs_forward
 from .symmpo_terms import FusedSymMPOLoss, symmpo_terms_forward
+from .token_logprobs import token_logprobs_backward, token_logprobs_forward
 
 __all__ = [
     "FusedSymMPOLoss",
@@ -16,4 +17,6 @@ __all__ = [
     "logprobs_backward",
     "logprobs_forward",
     "symmpo_terms_forward",
+    "token_logprobs_backward",
+    "token_logprobs_forward",
 ]

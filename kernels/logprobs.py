@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from .launch import block_config, check_launchable
+from .row_softmax import row_logsumexp, write_row_grad, write_row_zeros
 
 # --------------------------------------------------------------------------------------------
 # Kernels
@@ -81,22 +82,7 @@ def _logprobs_fwd_kernel(
     lse = 0.0
     if is_target:
         row_ptr = logits_ptr + offset
-        cols = tl.arange(0, BLOCK_V)
-        # First block peeled so the running max and sum start as real float32 scalars.
-        x = tl.load(row_ptr + cols * stride_v, mask=cols < vocab, other=float("-inf"))
-        x = x.to(tl.float32)
-        running_max = tl.max(x, axis=0)
-        running_sum = tl.sum(tl.exp(x - running_max), axis=0)
-        for start in range(BLOCK_V, vocab, BLOCK_V):
-            idx = start + cols
-            x = tl.load(row_ptr + idx * stride_v, mask=idx < vocab, other=float("-inf"))
-            x = x.to(tl.float32)
-            new_max = tl.maximum(running_max, tl.max(x, axis=0))
-            running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(
-                tl.exp(x - new_max), axis=0
-            )
-            running_max = new_max
-        lse = running_max + tl.log(running_sum)
+        lse = row_logsumexp(row_ptr, stride_v, vocab, BLOCK_V)
         target = tl.load(row_ptr + label.to(tl.int64) * stride_v).to(tl.float32)
         tl.atomic_add(sums_ptr + n, target - lse)
         tl.atomic_add(counts_ptr + n, 1)
@@ -136,23 +122,15 @@ def _logprobs_bwd_kernel(
     grad_offset = n * grad_stride_n + t * grad_stride_t
     has_next = t < seq_len - 1
     label = tl.load(labels_ptr + label_offset, mask=has_next, other=ignore_index)
-    cols = tl.arange(0, BLOCK_V)
     grad_row = grad_ptr + grad_offset
     if label != ignore_index:
         g = tl.load(grad_seq_ptr + n)
         lse = tl.load(lse_ptr + row)
-        row_ptr = logits_ptr + offset
-        for start in range(0, vocab, BLOCK_V):
-            idx = start + cols
-            mask = idx < vocab
-            x = tl.load(row_ptr + idx * stride_v, mask=mask, other=0.0).to(tl.float32)
-            grad = g * (tl.where(idx == label, 1.0, 0.0) - tl.exp(x - lse))
-            tl.store(grad_row + idx * grad_stride_v, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+        write_row_grad(
+            logits_ptr + offset, stride_v, grad_row, grad_stride_v, vocab, label, g, lse, BLOCK_V
+        )
     else:
-        zeros = tl.zeros([BLOCK_V], dtype=grad_ptr.dtype.element_ty)
-        for start in range(0, vocab, BLOCK_V):
-            idx = start + cols
-            tl.store(grad_row + idx * grad_stride_v, zeros, mask=idx < vocab)
+        write_row_zeros(grad_row, grad_stride_v, vocab, BLOCK_V)
 
 
 # --------------------------------------------------------------------------------------------

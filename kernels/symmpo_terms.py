@@ -111,11 +111,16 @@ def _symmpo_terms_fwd_kernel(
     tl.store(grad_ptr + 4 * batch + offs, grad_scale * g4, mask=mask)
 
 
-def symmpo_terms_forward(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: tuple):
+def symmpo_terms_forward(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    weights: tuple,
+    grad_scale: float | None = None,
+):
     """(5, B) policy and reference log-probs -> loss (B,), terms (4, B), z (3, B), grad (5, B).
 
     ``weights`` = (beta, beta_contrast, pair_weight, margin_weight, anchor_weight, delta);
-    grad is dL/ds_k of the batch mean (1/B included).
+    grad is ``grad_scale`` * dL_i/ds_k, by default 1/B: the gradient of the batch mean.
     """
     check_launchable(policy_logps)
     policy = policy_logps.detach().to(torch.float32).contiguous()
@@ -125,8 +130,9 @@ def symmpo_terms_forward(policy_logps: torch.Tensor, ref_logps: torch.Tensor, we
     loss, terms, z, grad = new(batch), new(4, batch), new(3, batch), new(NUM_KINDS, batch)
     block = min(max(triton.next_power_of_2(batch), 16), 1024)
     _symmpo_terms_fwd_kernel[(triton.cdiv(batch, block),)](
-        policy, ref, loss, terms, z, grad, batch, *map(float, weights), 1.0 / batch, BLOCK_B=block
-    )
+        policy, ref, loss, terms, z, grad, batch, *map(float, weights),
+        1.0 / batch if grad_scale is None else float(grad_scale), BLOCK_B=block,
+    )  # fmt: skip
     return loss, terms, z, grad
 
 

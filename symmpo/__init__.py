@@ -6,6 +6,7 @@ out.loss.backward()
 """
 
 from .config import SymMPOConfig
+from .fused_linear import symmpo_loss_from_hidden
 from .loss import dpo_loss, mdpo_loss, sequence_logps, symmpo_loss, symmpo_loss_from_logps
 from .output import PreferenceOutput, SymMPOOutput
 from .reference import KIND_NAMES
@@ -21,5 +22,6 @@ __all__ = [
     "mdpo_loss",
     "sequence_logps",
     "symmpo_loss",
+    "symmpo_loss_from_hidden",
     "symmpo_loss_from_logps",
 ]

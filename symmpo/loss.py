@@ -7,7 +7,7 @@ import torch
 from . import reference
 from .config import SymMPOConfig, resolve_config
 from .implementations import fused_symmpo, resolve_impl, score_reference, score_sequences
-from .output import PreferenceOutput, SymMPOOutput
+from .output import PreferenceOutput, SymMPOOutput, build_symmpo_output
 from .validation import (
     check_labels,
     check_logits,
@@ -109,7 +109,9 @@ def symmpo_loss(
         loss, policy, per_example, terms, z = fused_symmpo(
             logits, labels, ref_logps, config, inplace_grad
         )
-        return _assemble_output(loss, per_example, terms, z, policy.view(5, -1), ref_logps, config)
+        return build_symmpo_output(
+            loss, per_example, terms, z, policy.view(5, -1), ref_logps, config
+        )
     policy = score_sequences(logits, labels, config.average_log_prob, config.ignore_index, impl)
     return _symmpo_output(policy.view(5, -1), ref_logps, config)
 
@@ -182,34 +184,8 @@ def _symmpo_output(policy_logps, ref_logps, config: SymMPOConfig) -> SymMPOOutpu
     t = reference.symmpo_terms(policy_logps, ref_logps, config)
     terms = torch.stack([t.dpo, t.pair, t.margin, t.anchor]).detach()
     z = torch.stack([t.z_dpo, t.z_p1, t.z_p2]).detach()
-    return _assemble_output(
+    return build_symmpo_output(
         t.loss.mean(), t.loss.detach(), terms, z, policy_logps, ref_logps, config
-    )
-
-
-def _assemble_output(loss, per_example, terms, z, policy_logps, ref_logps, config):
-    """terms (4, B) = (dpo, pair, margin, anchor), z (3, B) = (z_dpo, z_p1, z_p2)."""
-    policy_logps = policy_logps.detach()
-    ref_logps = ref_logps.to(policy_logps.dtype)
-    term_means = terms.mean(-1)
-    accuracies = (z > 0).float().mean(-1)
-    margins = z.mean(-1)
-    return SymMPOOutput(
-        loss=loss,
-        per_example_loss=per_example,
-        dpo=term_means[0],
-        pair=term_means[1],
-        margin=term_means[2],
-        anchor=term_means[3],
-        policy_logps=policy_logps,
-        ref_logps=ref_logps,
-        rewards=reference.symmpo_rewards(policy_logps, ref_logps, config),
-        accuracy_dpo=accuracies[0],
-        accuracy_pair1=accuracies[1],
-        accuracy_pair2=accuracies[2],
-        reward_margin_dpo=margins[0],
-        reward_margin_pair1=margins[1],
-        reward_margin_pair2=margins[2],
     )
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .reference import symmpo_rewards
+
 
 @dataclass
 class SymMPOOutput:
@@ -67,3 +69,32 @@ class PreferenceOutput:
     accuracies: dict[str, torch.Tensor]
     reward_margins: dict[str, torch.Tensor]
     rewards: torch.Tensor  # (K, B) beta r_k
+
+
+def build_symmpo_output(loss, per_example, terms, z, policy_logps, ref_logps, config):
+    """A SymMPOOutput from the per-example results of any implementation.
+
+    terms (4, B) = (dpo, pair, margin, anchor), z (3, B) = (z_dpo, z_p1, z_p2), logps (5, B).
+    """
+    policy_logps = policy_logps.detach()
+    ref_logps = ref_logps.to(policy_logps.dtype)
+    term_means = terms.mean(-1)
+    accuracies = (z > 0).float().mean(-1)
+    margins = z.mean(-1)
+    return SymMPOOutput(
+        loss=loss,
+        per_example_loss=per_example,
+        dpo=term_means[0],
+        pair=term_means[1],
+        margin=term_means[2],
+        anchor=term_means[3],
+        policy_logps=policy_logps,
+        ref_logps=ref_logps,
+        rewards=symmpo_rewards(policy_logps, ref_logps, config),
+        accuracy_dpo=accuracies[0],
+        accuracy_pair1=accuracies[1],
+        accuracy_pair2=accuracies[2],
+        reward_margin_dpo=margins[0],
+        reward_margin_pair1=margins[1],
+        reward_margin_pair2=margins[2],
+    )

@@ -1,0 +1,405 @@
+"""SymMPO straight from the last hidden states: target positions only, no (N, V) logits tensor.
+
+The algorithm, for hidden (5B, T, H), lm_head weight W (V, H) and P target positions:
+
+1. Select the positions whose next label is a target, ordered by example, before any matmul.
+2. Cut them into chunks of whole examples (all five sequences of each), each chunk's logits
+   within ``chunk_bytes``. For each chunk c of n_c positions:
+       logits_c = h_c W^T + b                 (n_c, V)   2 n_c H V FLOPs
+       lse, log-prob sums of its sequences     (the token kernel reads logits_c once)
+       the SymMPO terms of its examples and dL/ds of their sequences (complete: whole examples)
+       grad_logits_c = g (onehot - softmax)    written over logits_c (read once, write once)
+       grad_h_c = grad_logits_c W              2 n_c H V FLOPs, scattered into grad_hidden
+       grad_W  += grad_logits_c^T h_c          2 n_c H V FLOPs (bf16 in, fp32 accumulate)
+3. Backward only scales the gradients already computed (by grad_output, when it is not 1).
+
+Why gradients in the forward pass (6 P H V FLOPs) rather than recomputing the chunk logits in
+backward (8 P H V): the batch-mean loss is a sum over examples, so a chunk that holds whole
+examples knows its examples' loss and dL/ds as soon as its own logits are scored; its gradient
+needs nothing from other chunks. That saves a quarter of the matmul work and any per-position
+state between the passes. The price: a chunk holds at least one whole example (5 responses,
+about 1000 positions x 32064 x 2 bytes = 64 MB at LLaVA shapes), and the gradients exist from
+the forward on (they are needed in backward anyway).
+
+Memory beyond inputs and gradients: one logits chunk (the gradient is written over it), the
+gathered h_c and grad_h_c (n_c x H each), and 4 bytes per position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import reference
+from .config import SymMPOConfig, resolve_config
+from .implementations import _kernels, resolve_impl
+from .output import SymMPOOutput, build_symmpo_output
+from .validation import (
+    FLOAT_DTYPES,
+    check_labels,
+    check_logps,
+    check_same_device,
+    check_values,
+    flatten_kinds,
+    require_tensor,
+)
+
+#: Default budget for one chunk's logits: 256 MiB (4 LLaVA examples of 5 x 200 targets in bf16).
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+#: The torch path works through chunk rows in blocks of this many, bounding its float32 temps.
+TORCH_ROW_BLOCK = 256
+
+
+def symmpo_loss_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ref_logps: torch.Tensor | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+    ref_hidden: torch.Tensor | None = None,
+    ref_weight: torch.Tensor | None = None,
+    ref_bias: torch.Tensor | None = None,
+    config: SymMPOConfig | None = None,
+    impl: str = "auto",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    **overrides,
+) -> SymMPOOutput:
+    """SymMPO loss from last hidden states and the lm_head, without materialising the logits.
+
+    Args:
+        hidden: (5B, T, H) or (5, B, T, H) last hidden states, kind-major like ``symmpo_loss``.
+        weight: (V, H) lm_head weight, same dtype as ``hidden``; ``bias``: optional (V,).
+        labels: (5B, T) or (5, B, T) integer labels aligned with input_ids.
+        ref_logps: (5B,) or (5, B) reference log-probs, or
+        ref_hidden: reference hidden states shaped like ``hidden``, scored without gradient
+            through ``ref_weight`` (default ``weight``) and ``ref_bias`` (default ``bias``).
+        config / overrides: as for ``symmpo_loss``.
+        impl: "auto" (Triton kernels on CUDA, torch otherwise), "triton", "torch".
+        chunk_bytes: budget for one chunk's logits (positions x V x element size); a chunk
+            always holds at least one whole example.
+
+    Gradients flow into hidden (zero at non-target positions), weight and bias; they are
+    computed during the forward pass (see the module docstring).
+    """
+    config = resolve_config(config, overrides)
+    hidden = _check_hidden("hidden", hidden)
+    rows, seq_len, hidden_size = hidden.shape
+    weight = _check_weight("weight", weight, hidden)
+    vocab = weight.shape[0]
+    bias = _check_bias("bias", bias, weight)
+    labels = check_labels(labels, rows, seq_len, vocab, config.ignore_index)
+    if (ref_logps is None) == (ref_hidden is None):
+        raise ValueError(
+            "pass exactly one reference: ref_logps (5B,) precomputed log-probs or ref_hidden "
+            "shaped like hidden"
+        )
+    if ref_hidden is not None:
+        ref_hidden = _check_hidden("ref_hidden", ref_hidden)
+        if ref_hidden.shape != hidden.shape:
+            raise ValueError(
+                f"ref_hidden of shape {tuple(ref_hidden.shape)} must match hidden, "
+                f"expected {tuple(hidden.shape)}"
+            )
+        if ref_weight is None:
+            ref_weight, ref_bias = weight, bias if ref_bias is None else ref_bias
+        ref_weight = _check_weight("ref_weight", ref_weight, ref_hidden)
+        if ref_weight.shape != weight.shape:
+            raise ValueError(
+                f"ref_weight of shape {tuple(ref_weight.shape)} must match weight, "
+                f"expected {tuple(weight.shape)}"
+            )
+        ref_bias = _check_bias("ref_bias", ref_bias, ref_weight)
+    else:
+        ref_logps = check_logps("ref_logps", ref_logps, rows=rows, finite=False)
+    if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes <= 0:
+        raise ValueError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
+    check_same_device(
+        hidden=hidden, weight=weight, labels=labels, bias=bias, ref_logps=ref_logps,
+        ref_hidden=ref_hidden, ref_weight=ref_weight, ref_bias=ref_bias,
+    )  # fmt: skip
+    check_values(labels, vocab, config.ignore_index, config.allow_empty, ref_logps=ref_logps)
+    impl = resolve_impl(impl, hidden)
+
+    plan = plan_chunks(labels, config.ignore_index, vocab * hidden.element_size(), chunk_bytes)
+    if ref_hidden is not None:
+        ref_logps = score_hidden(ref_hidden, ref_weight, ref_bias, plan, config, impl)
+    ref_logps = ref_logps.detach().reshape(5, -1).float()
+
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
+    )
+    if wants_grad:
+        loss, per_example, terms, z, policy = _FusedLinearSymMPO.apply(
+            hidden, weight, bias, ref_logps, plan, config, impl
+        )
+    else:
+        result = run_chunks(hidden, weight, bias, ref_logps, plan, config, impl, (False,) * 3)
+        loss, per_example, terms, z, policy = result.outputs
+    return build_symmpo_output(loss, per_example, terms, z, policy, ref_logps, config)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: which positions, in which chunks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkPlan:
+    """Target positions ordered by example, and the chunks that cut them.
+
+    rows, cols, targets: (P,) int64, position (rows[p], cols[p]) predicts targets[p];
+    chunks: host list of (p0, p1, e0, e1): positions [p0, p1) are all those of examples [e0, e1);
+    counts: (5B,) float32 targets per sequence; batch: B.
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    targets: torch.Tensor
+    counts: torch.Tensor
+    chunks: list[tuple[int, int, int, int]]
+    batch: int
+    positions_per_chunk: int
+
+
+def plan_chunks(labels, ignore_index: int, row_bytes: int, chunk_bytes: int) -> ChunkPlan:
+    """Select target positions (one host sync for their per-example counts) and cut them into
+    chunks of whole examples whose logits (row_bytes per position) fit ``chunk_bytes``."""
+    batch = labels.shape[0] // 5
+    is_target = labels[:, 1:] != ignore_index
+    rows, cols = is_target.nonzero(as_tuple=True)
+    example = rows % batch
+    order = torch.argsort(example, stable=True)
+    rows, cols = rows[order], cols[order]
+    sizes = torch.bincount(example, minlength=batch).tolist()
+    budget = max(1, chunk_bytes // row_bytes)
+    chunks, p0, e0, filled = [], 0, 0, 0
+    for e, size in enumerate(sizes):
+        if filled and filled + size > budget:
+            chunks.append((p0, p0 + filled, e0, e))
+            p0, e0, filled = p0 + filled, e, 0
+        filled += size
+    chunks.append((p0, p0 + filled, e0, batch))
+    return ChunkPlan(
+        rows=rows,
+        cols=cols,
+        targets=labels[rows, cols + 1],
+        counts=is_target.sum(-1).float(),
+        chunks=chunks,
+        batch=batch,
+        positions_per_chunk=budget,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The chunked computation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkResult:
+    outputs: tuple  # loss (), per_example (B,), terms (4, B), z (3, B), policy (5, B)
+    grads: tuple  # grad_hidden, grad_weight, grad_bias (None where not wanted)
+
+
+def run_chunks(hidden, weight, bias, ref_logps, plan: ChunkPlan, config, impl, needs_grad):
+    """The algorithm of the module docstring; ``needs_grad`` = (hidden, weight, bias)."""
+    batch, device = plan.batch, hidden.device
+    want_h, want_w, want_b = needs_grad
+    any_grad = want_h or want_w or want_b
+    f32 = dict(dtype=torch.float32, device=device)
+    sums = torch.zeros(5 * batch, **f32)
+    per_example = torch.empty(batch, **f32)
+    terms, z = torch.empty(4, batch, **f32), torch.empty(3, batch, **f32)
+    grad_seq = torch.zeros(5, batch, **f32)
+    grad_hidden = torch.zeros_like(hidden) if want_h else None
+    grad_weight = torch.zeros_like(weight) if want_w else None
+    grad_bias = torch.zeros(weight.shape[0], **f32) if want_b else None
+    counts = plan.counts.clamp(min=1).view(5, batch)
+    ops = _chunk_ops(impl)
+
+    for p0, p1, e0, e1 in plan.chunks:
+        rows, cols, targets = plan.rows[p0:p1], plan.cols[p0:p1], plan.targets[p0:p1]
+        h = hidden[rows, cols]
+        logits = _linear(h, weight, bias)
+        lse = ops.forward(logits, targets, rows, sums)
+        policy = sums.view(5, batch)[:, e0:e1]
+        if config.average_log_prob:
+            policy = policy / counts[:, e0:e1]
+        loss_c, terms_c, z_c, grad_c = ops.terms(policy, ref_logps[:, e0:e1], config, 1.0 / batch)
+        per_example[e0:e1], terms[:, e0:e1], z[:, e0:e1] = loss_c, terms_c, z_c
+        if not any_grad:
+            continue
+        if config.average_log_prob:
+            grad_c = grad_c / counts[:, e0:e1]
+        grad_seq[:, e0:e1] = grad_c
+        grad_logits = ops.backward(logits, targets, lse, grad_seq.view(-1)[rows])
+        if want_h:
+            grad_hidden[rows, cols] = grad_logits @ weight
+        if want_w:
+            grad_weight.addmm_(grad_logits.t(), h)
+        if want_b:
+            grad_bias += grad_logits.sum(0, dtype=torch.float32)
+        del logits, grad_logits, h
+
+    policy = sums.view(5, batch)
+    if config.average_log_prob:
+        policy = policy / counts
+    loss = per_example.sum() / batch
+    if grad_bias is not None:
+        grad_bias = grad_bias.to(weight.dtype)
+    return ChunkResult((loss, per_example, terms, z, policy), (grad_hidden, grad_weight, grad_bias))
+
+
+@torch.no_grad()
+def score_hidden(hidden, weight, bias, plan: ChunkPlan, config, impl) -> torch.Tensor:
+    """(5B,) float32 log-probs of the planned target positions, no gradient (2 P H V FLOPs)."""
+    ops = _chunk_ops(impl)
+    sums = torch.zeros(5 * plan.batch, dtype=torch.float32, device=hidden.device)
+    step = plan.positions_per_chunk
+    for p0 in range(0, plan.rows.numel(), step):
+        rows, cols = plan.rows[p0 : p0 + step], plan.cols[p0 : p0 + step]
+        ops.forward(
+            _linear(hidden[rows, cols], weight, bias), plan.targets[p0 : p0 + step], rows, sums
+        )
+    if config.average_log_prob:
+        sums = sums / plan.counts.clamp(min=1)
+    return sums
+
+
+def _linear(h, weight, bias):
+    if bias is None:
+        return h @ weight.t()
+    return torch.addmm(bias, h, weight.t())
+
+
+class _FusedLinearSymMPO(torch.autograd.Function):
+    """Forward runs every chunk and keeps the gradients; backward hands them back."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ref_logps, plan, config, impl):
+        result = run_chunks(
+            hidden, weight, bias, ref_logps, plan, config, impl, ctx.needs_input_grad[:3]
+        )
+        ctx.save_for_backward(*result.grads)
+        loss, per_example, terms, z, policy = result.outputs
+        ctx.mark_non_differentiable(per_example, terms, z, policy)
+        return result.outputs
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_unused):
+        grads = ctx.saved_tensors
+        # loss.backward() passes 1: skip three full passes over the gradients (one host sync).
+        if bool(grad_loss != 1):
+            grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in grads)
+        return (*grads, None, None, None, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-chunk operations: Triton kernels, or the same algorithm in torch
+# --------------------------------------------------------------------------------------------
+
+
+class _TritonChunkOps:
+    @staticmethod
+    def forward(logits, targets, segments, sums):
+        return _kernels().token_logprobs_forward(logits, targets, segments, sums)
+
+    @staticmethod
+    def backward(logits, targets, lse, weights):
+        return _kernels().token_logprobs_backward(logits, targets, lse, weights, inplace=True)
+
+    @staticmethod
+    def terms(policy, ref, config, grad_scale):
+        return _kernels().symmpo_terms_forward(policy, ref, _weights(config), grad_scale)
+
+
+class _TorchChunkOps:
+    """Row blocks of TORCH_ROW_BLOCK keep float32 temporaries small; fp32 logits are
+    transformed in place (softmax, then the gradient, over the chunk itself)."""
+
+    @staticmethod
+    def forward(logits, targets, segments, sums):
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        for i in range(0, logits.shape[0], TORCH_ROW_BLOCK):
+            block = logits[i : i + TORCH_ROW_BLOCK].float()
+            lse[i : i + TORCH_ROW_BLOCK] = torch.logsumexp(block, dim=-1)
+        target_logits = logits.gather(1, targets[:, None]).squeeze(1).float()
+        sums.index_add_(0, segments, target_logits - lse)
+        return lse
+
+    @staticmethod
+    def backward(logits, targets, lse, weights):
+        for i in range(0, logits.shape[0], TORCH_ROW_BLOCK):
+            j = min(i + TORCH_ROW_BLOCK, logits.shape[0])
+            rows = logits[i:j]
+            block = rows if rows.dtype == torch.float32 else rows.float()
+            block.sub_(lse[i:j, None]).exp_().mul_(-weights[i:j, None])
+            block[torch.arange(j - i, device=logits.device), targets[i:j]] += weights[i:j]
+            if block is not rows:
+                rows.copy_(block)
+        return logits
+
+    @staticmethod
+    def terms(policy, ref, config, grad_scale):
+        policy = policy.detach().requires_grad_(True)
+        with torch.enable_grad():
+            t = reference.symmpo_terms(policy, ref, config)
+            (grad,) = torch.autograd.grad(t.loss.sum() * grad_scale, policy)
+        terms = torch.stack([t.dpo, t.pair, t.margin, t.anchor]).detach()
+        z = torch.stack([t.z_dpo, t.z_p1, t.z_p2]).detach()
+        return t.loss.detach(), terms, z, grad
+
+
+def _chunk_ops(impl: str):
+    return _TritonChunkOps if impl == "triton" else _TorchChunkOps
+
+
+def _weights(config: SymMPOConfig) -> tuple:
+    return (
+        config.beta, config.contrast_beta, config.pair_weight,
+        config.margin_weight, config.anchor_weight, config.delta,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_hidden(name: str, hidden) -> torch.Tensor:
+    require_tensor(name, hidden)
+    if hidden.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {hidden.dtype}")
+    hidden = flatten_kinds(name, hidden, trailing=2)
+    if hidden.shape[1] == 0 or hidden.shape[2] == 0:
+        raise ValueError(f"{name} of shape {tuple(hidden.shape)} has an empty T or H dimension")
+    return hidden
+
+
+def _check_weight(name: str, weight, hidden: torch.Tensor) -> torch.Tensor:
+    require_tensor(name, weight)
+    hidden_size = hidden.shape[-1]
+    if weight.dim() != 2 or weight.shape[1] != hidden_size or weight.shape[0] == 0:
+        raise ValueError(
+            f"{name} must have shape (V, H) with H = {hidden_size} (the hidden size), "
+            f"got {tuple(weight.shape)}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(
+            f"{name} has dtype {weight.dtype} but the hidden states are {hidden.dtype}; "
+            f"they must match (cast one, e.g. weight.to({hidden.dtype}))"
+        )
+    return weight
+
+
+def _check_bias(name: str, bias, weight: torch.Tensor):
+    if bias is None:
+        return None
+    require_tensor(name, bias)
+    if tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{name} must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if bias.dtype != weight.dtype:
+        raise TypeError(f"{name} has dtype {bias.dtype}, expected {weight.dtype} like the weight")
+    return bias

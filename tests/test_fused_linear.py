@@ -1,0 +1,167 @@
+"""symmpo_loss_from_hidden against the float64 reference (logits = hidden @ weight.T + bias)."""
+
+import math
+
+import pytest
+import torch
+from batches import make_labels
+from kernel_helpers import assert_error_within
+
+from symmpo import reference, symmpo_loss, symmpo_loss_from_hidden
+from symmpo.fused_linear import plan_chunks
+
+IMPLS = ["torch", "triton"]
+KW = dict(beta=0.5, beta_contrast=0.3, pair_weight=0.7, margin_weight=0.05, delta=0.1)
+
+
+def make_inputs(batch=2, seq_len=7, hidden=5, vocab=33, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(5 * batch, seq_len, hidden, generator=gen, dtype=torch.float64)
+    w = torch.randn(vocab, hidden, generator=gen, dtype=torch.float64) / hidden**0.5
+    b = torch.randn(vocab, generator=gen, dtype=torch.float64)
+    labels = make_labels(5 * batch, seq_len, vocab, gen)
+    ref = -torch.rand(5 * batch, generator=gen) * 10
+    return h.to(dtype), w.to(dtype), b.to(dtype), labels, ref
+
+
+def reference_run(h, w, b, labels, ref, **kw):
+    """Full logits and the eager loss, autograd for the gradients."""
+    h, w, b = (t.detach().clone().requires_grad_(True) for t in (h, w, b))
+    out = symmpo_loss(h @ w.t() + b, labels, ref.to(h.dtype), impl="torch", **kw)
+    out.loss.backward()
+    return out, h.grad, w.grad, b.grad
+
+
+def fused_run(h, w, b, labels, ref, impl, **kw):
+    h, w, b = (t.detach().clone().requires_grad_(True) for t in (h, w, b))
+    out = symmpo_loss_from_hidden(h, w, labels, ref, bias=b, impl=impl, **kw)
+    out.loss.backward()
+    return out, h.grad, w.grad, b.grad
+
+
+def assert_matches_float64(got, exact, rtol=1e-5):
+    out, *grads = got
+    ref_out, *ref_grads = exact
+    assert abs(out.loss.item() - ref_out.loss.item()) <= rtol * max(1.0, abs(ref_out.loss.item()))
+    torch.testing.assert_close(out.policy_logps.double(), ref_out.policy_logps.double(),
+                               rtol=rtol, atol=rtol)  # fmt: skip
+    for g, r in zip(grads, ref_grads, strict=True):
+        err = (g.double() - r).abs().max().item()
+        assert err <= rtol * max(1.0, r.abs().max().item()), err
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("chunk_bytes", [1, 33 * 4 * 20, 2**30])  # per example, mid, one chunk
+@pytest.mark.parametrize("average", [False, True])
+def test_fp32_matches_float64(impl, chunk_bytes, average):
+    h, w, b, labels, ref = make_inputs(batch=3)
+    exact = reference_run(h, w, b, labels, ref, average_log_prob=average, **KW)
+    got = fused_run(h.float(), w.float(), b.float(), labels, ref, impl,
+                    chunk_bytes=chunk_bytes, average_log_prob=average, **KW)  # fmt: skip
+    assert_matches_float64(got, exact)
+
+
+def test_chunk_plans_hold_whole_examples():
+    _, _, _, labels, _ = make_inputs(batch=3)
+    sizes = [int((labels[i::3, 1:] != -100).sum()) for i in range(3)]
+    one = plan_chunks(labels, -100, 4, 1)
+    assert [(e0, e1) for *_, e0, e1 in one.chunks] == [(0, 1), (1, 2), (2, 3)]
+    assert [p1 - p0 for p0, p1, *_ in one.chunks] == sizes
+    whole = plan_chunks(labels, -100, 4, 2**30)
+    assert whole.chunks == [(0, sum(sizes), 0, 3)]
+    for p0, p1, e0, e1 in plan_chunks(labels, -100, 4, 4 * (sizes[0] + sizes[1])).chunks:
+        assert set((whole.rows[p0:p1] % 3).tolist()) <= set(range(e0, e1))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("hidden,vocab", [(1, 7), (13, 1), (3, 257)])
+def test_odd_sizes_and_batch_of_one(impl, hidden, vocab):
+    h, w, b, labels, ref = make_inputs(batch=1, seq_len=6, hidden=hidden, vocab=vocab, seed=4)
+    exact = reference_run(h, w, b, labels, ref)
+    assert_matches_float64(fused_run(h.float(), w.float(), b.float(), labels, ref, impl), exact)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_single_target_sequence_and_zero_hidden_grad_elsewhere(impl):
+    h, w, b, labels, ref = make_inputs(batch=2, seq_len=8, seed=5)
+    labels[3] = -100
+    labels[3, 5] = 4  # one target: position 4 predicts it
+    exact = reference_run(h, w, b, labels, ref)
+    got = fused_run(h.float(), w.float(), b.float(), labels, ref, impl, chunk_bytes=1)
+    assert_matches_float64(got, exact)
+    grad_h = got[1]
+    target = torch.zeros(labels.shape, dtype=torch.bool)
+    target[:, :-1] = labels[:, 1:] != -100
+    assert torch.all(grad_h[~target] == 0)
+    assert torch.any(grad_h[3, 4] != 0) and torch.all(grad_h[3, :4] == 0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_errors_within_torch(impl):
+    h, w, b, labels, ref = make_inputs(batch=2, seq_len=6, hidden=16, vocab=300, seed=6)
+    exact = reference_run(h, w, b, labels, ref)
+    low = [t.to(torch.bfloat16) for t in (h, w, b)]
+    eager = reference_run(*low, labels, ref)
+    got = fused_run(*low, labels, ref, impl, chunk_bytes=1)
+    assert_error_within(got[0].loss.detach(), eager[0].loss.detach(), exact[0].loss.detach(),
+                        eps_scale=1e-3)  # fmt: skip
+    for g, e, x in zip(got[1:], eager[1:], exact[1:], strict=True):
+        assert g.dtype == torch.bfloat16
+        assert_error_within(g, e, x, eps_scale=2.0**-7, slack=1.5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ref_hidden_is_scored_without_gradient(impl):
+    h, w, b, labels, _ = make_inputs(batch=2, dtype=torch.float32, seed=7)
+    ref_h = (h + 0.3 * torch.randn_like(h)).requires_grad_(True)
+    ref_w = w + 0.1
+    out = symmpo_loss_from_hidden(h, w, labels, ref_hidden=ref_h, ref_weight=ref_w,
+                                  ref_bias=b, impl=impl, chunk_bytes=100)  # fmt: skip
+    expected = reference.sequence_logps(ref_h.detach() @ ref_w.t() + b, labels)
+    torch.testing.assert_close(out.ref_logps.flatten(), expected, rtol=1e-5, atol=1e-5)
+    assert ref_h.grad is None
+    # ref_weight defaults to weight and ref_bias to bias: every r_k = 0, so each -log sigmoid
+    # is log 2: dpo + 0.5 * pair (2 log 2) + anchor (2 log 2) = 4 log 2.
+    same = symmpo_loss_from_hidden(h, w, labels, ref_hidden=h, bias=b, impl=impl)
+    assert same.loss.item() == pytest.approx(4 * math.log(2), rel=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_frozen_weight_no_grad_and_upstream_scale(impl):
+    h, w, b, labels, ref = make_inputs(batch=2, dtype=torch.float32, seed=8)
+    hh = h.clone().requires_grad_(True)
+    (2.5 * symmpo_loss_from_hidden(hh, w, labels, ref, impl=impl).loss).backward()
+    h2 = h.clone().requires_grad_(True)
+    (2.5 * symmpo_loss(h2 @ w.t(), labels, ref, impl="torch").loss).backward()
+    torch.testing.assert_close(hh.grad, h2.grad, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        out = symmpo_loss_from_hidden(hh, w, labels, ref, impl=impl)
+    assert not out.loss.requires_grad
+    four_d = symmpo_loss_from_hidden(h.view(5, 2, *h.shape[1:]), w, labels.view(5, 2, -1), ref)
+    assert four_d.loss.item() == pytest.approx(out.loss.item(), rel=1e-6)
+
+
+def test_bad_inputs():
+    h, w, b, labels, ref = make_inputs(batch=1, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"weight must have shape \(V, H\) with H = 5.*\(33, 4\)"):
+        symmpo_loss_from_hidden(h, w[:, :4], labels, ref)
+    with pytest.raises(TypeError, match=r"weight has dtype torch.float64 but the hidden states"):
+        symmpo_loss_from_hidden(h, w.double(), labels, ref)
+    with pytest.raises(ValueError, match=r"bias must have shape \(33,\), got \(32,\)"):
+        symmpo_loss_from_hidden(h, w, labels, ref, bias=b[:32])
+    with pytest.raises(ValueError, match=r"hidden has 4 rows"):
+        symmpo_loss_from_hidden(h[:4], w, labels[:4], ref[:4])
+    with pytest.raises(ValueError, match=r"labels of shape \(5, 6\) do not match"):
+        symmpo_loss_from_hidden(h, w, labels[:, :6], ref)
+    bad = labels.clone()
+    bad[2, 3] = 33
+    with pytest.raises(ValueError, match=r"labels\[2, 3\] = 33 is outside \[0, 33\)"):
+        symmpo_loss_from_hidden(h, w, bad, ref)
+    with pytest.raises(ValueError, match=r"exactly one reference"):
+        symmpo_loss_from_hidden(h, w, labels)
+    with pytest.raises(ValueError, match=r"ref_hidden of shape \(5, 6, 5\) must match"):
+        symmpo_loss_from_hidden(h, w, labels, ref_hidden=h[:, :6])
+    with pytest.raises(ValueError, match=r"chunk_bytes must be a positive int, got 0"):
+        symmpo_loss_from_hidden(h, w, labels, ref, chunk_bytes=0)
+    with pytest.raises(TypeError, match=r"labels must be an integer tensor"):
+        symmpo_loss_from_hidden(h, w, labels.float(), ref)

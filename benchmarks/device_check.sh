@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one device script: correctness on CUDA at realistic shapes (one past 2^31 elements), then
 # benchmark rows into $OUT/results.csv (merge them with `python benchmarks/results_csv.py merge`).
-#   STEPS="env correctness tune logits" bash benchmarks/device_check.sh    (default: all steps)
+#   STEPS="env correctness tune logits fused_linear" bash benchmarks/device_check.sh  (default: all)
 # Tried on the CPU too: the CUDA tests skip and the benchmarks run their CPU shapes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,13 +11,18 @@ export PYTHONUNBUFFERED=1 SYMMPO_RESULTS_CSV="$OUT/results.csv"
 if python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
   export TRITON_INTERPRET=0
 fi
+# Peers the device image lacks (liger-kernel, cut-cross-entropy) travel as wheels in .whl/.
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 # Import symmpo and symmpo_kernels (the folder kernels/) from this checkout without installing.
 if ! python3 -c "import symmpo_kernels" 2>/dev/null; then
   mkdir -p /tmp/symmpo_path && ln -sfn "$PWD/kernels" /tmp/symmpo_path/symmpo_kernels
   export PYTHONPATH="$PWD:/tmp/symmpo_path${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-STEPS=${STEPS:-"env correctness tune logits"}
+STEPS=${STEPS:-"env correctness tune logits fused_linear"}
 status=0
 run() {
   local name=$1
@@ -39,6 +44,8 @@ for step in $STEPS; do
     tune) if [ "${TRITON_INTERPRET:-}" = 0 ]; then run tune timeout 90 python3 benchmarks/tune_logits_blocks.py; fi ;;
     logits) run logits timeout 330 python3 -m pytest -q -p no:cacheprovider --benchmark-disable \
               benchmarks/bench_logits_path.py ;;
+    fused_linear) run fused_linear timeout 240 python3 -m pytest -q -p no:cacheprovider \
+                    --benchmark-disable benchmarks/bench_fused_linear.py ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
 done

@@ -53,3 +53,17 @@ def test_results_csv_deduplicates_by_key(tmp_path):
 def test_device_check_script_is_valid_bash():
     proc = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "device_check.sh")])
     assert proc.returncode == 0
+
+
+def test_fused_linear_benchmark_runs(tmp_path):
+    rows = _run_bench("bench_fused_linear.py", tmp_path)
+    assert {r["provider"] for r in rows} == {
+        "symmpo_fused_linear", "eager", "liger_fused_linear_dpo",
+    }  # fmt: skip
+    assert {r["metric"] for r in rows} == {"ms", "tflops"}
+
+
+def test_cpu_memory_probe_runs():
+    from cpu_memory import TINY, measure
+
+    assert measure("symmpo_fused_linear", TINY) > 0

@@ -108,3 +108,48 @@ def test_more_than_2_31_elements():
     torch.testing.assert_close(grad[rows - 1, t0 : seq_len - 1].float(), expected_grad,
                                rtol=1e-2, atol=1e-5)  # fmt: skip
     assert torch.all(grad[:, :2] == 0) and torch.all(grad[:, -1] == 0)
+
+
+def _hidden_case(dtype, batch=2, seq_len=400, hidden=1024, targets=150, seed=1):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    h = torch.randn(5 * batch, seq_len, hidden, device="cuda", generator=gen, dtype=torch.float64)
+    w = torch.randn(V, hidden, device="cuda", generator=gen, dtype=torch.float64) / hidden**0.5
+    labels = torch.randint(0, V, (5 * batch, seq_len), device="cuda", generator=gen)
+    labels[:, : seq_len - targets] = -100
+    labels[3, seq_len - 1 :] = -100  # ragged
+    ref = -torch.rand(5 * batch, device="cuda", generator=gen) * 1000
+    return h, w, labels, ref
+
+
+def _hidden_run(h, w, labels, ref, fused, **kw):
+    from symmpo import symmpo_loss_from_hidden
+
+    h, w = (t.detach().clone().requires_grad_(True) for t in (h, w))
+    if fused:
+        out = symmpo_loss_from_hidden(h, w, labels, ref, impl="triton", **kw)
+    else:
+        out = symmpo_loss(h @ w.t(), labels, ref.to(h.dtype), impl="torch")
+    out.loss.backward()
+    return out.loss.detach(), h.grad, w.grad
+
+
+def test_fused_linear_fp32_matches_float64():
+    h, w, labels, ref = _hidden_case(torch.float64)
+    exact = _hidden_run(h, w, labels, ref, fused=False)
+    got = _hidden_run(h.float(), w.float(), labels, ref, fused=True, chunk_bytes=64 * 2**20)
+    assert abs(got[0].item() - exact[0].item()) <= 1e-4 * max(1, abs(exact[0].item()))
+    for g, e in zip(got[1:], exact[1:], strict=True):
+        # tf32 is off by default for matmuls in torch: float32 arithmetic, 1e-4 relative.
+        assert (g.double() - e).norm() / e.norm() < 1e-4
+
+
+def test_fused_linear_bf16_errors_within_torch():
+    h, w, labels, ref = _hidden_case(torch.float64, batch=4, hidden=4096, targets=200)
+    exact = _hidden_run(h, w, labels, ref, fused=False)
+    low = [t.to(torch.bfloat16) for t in (h, w)]
+    eager = _hidden_run(*low, labels, ref, fused=False)
+    got = _hidden_run(*low, labels, ref, fused=True)
+    for g, e, x in zip(got[1:], eager[1:], exact[1:], strict=True):
+        g_err = (g.double() - x).norm() / x.norm()
+        e_err = (e.double() - x).norm() / x.norm()
+        assert g_err <= 1.5 * e_err + 1e-3, (g_err, e_err)

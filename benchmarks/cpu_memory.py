@@ -30,7 +30,6 @@ def _status_kb(field: str) -> int:
 
 def child(provider: str, shape: dict) -> dict:
     import torch
-
     from fused_linear_cases import PROVIDERS, make_inputs
 
     torch.set_num_threads(2)

@@ -6,7 +6,7 @@ out.loss.backward()
 """
 
 from .config import SymMPOConfig
-from .fused_linear import symmpo_loss_from_hidden
+from .fused_linear import sequence_logps_from_hidden, symmpo_loss_from_hidden
 from .loss import dpo_loss, mdpo_loss, sequence_logps, symmpo_loss, symmpo_loss_from_logps
 from .output import PreferenceOutput, SymMPOOutput
 from .reference import KIND_NAMES
@@ -21,6 +21,7 @@ __all__ = [
     "dpo_loss",
     "mdpo_loss",
     "sequence_logps",
+    "sequence_logps_from_hidden",
     "symmpo_loss",
     "symmpo_loss_from_hidden",
     "symmpo_loss_from_logps",

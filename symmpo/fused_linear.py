@@ -140,6 +140,76 @@ def symmpo_loss_from_hidden(
     return build_symmpo_output(loss, per_example, terms, z, policy, ref_logps, config)
 
 
+def sequence_logps_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    average: bool = False,
+    ignore_index: int = -100,
+    allow_empty: bool = False,
+    impl: str = "auto",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """(N,) float32 sequence log-probs from hidden (N, T, H) and lm_head (V, H), logits computed
+    only at the P target positions: any loss on sequence log-probs (DPO, mDPO) can use it.
+
+    Without gradient (reference scoring) the positions go through in chunks of ``chunk_bytes``
+    of logits, so no (P, V) tensor exists. With gradient the (P, V) target logits are kept for
+    backward (the loss is unknown here, so the in-forward gradient of
+    ``symmpo_loss_from_hidden`` is not available); their gradient is written over them.
+    """
+    hidden = _check_hidden("hidden", hidden, kind_major=False)
+    rows, seq_len, _ = hidden.shape
+    weight = _check_weight("weight", weight, hidden)
+    bias = _check_bias("bias", bias, weight)
+    labels = check_labels(labels, rows, seq_len, weight.shape[0], ignore_index, kind_major=False)
+    check_same_device(hidden=hidden, weight=weight, labels=labels, bias=bias)
+    check_values(labels, weight.shape[0], ignore_index, allow_empty, kind_major=False)
+    impl = resolve_impl(impl, hidden)
+    is_target = labels[:, 1:] != ignore_index
+    pos_rows, pos_cols = is_target.nonzero(as_tuple=True)
+    targets = labels[pos_rows, pos_cols + 1]
+    sums = torch.zeros(rows, dtype=torch.float32, device=hidden.device)
+    ops = _chunk_ops(impl)
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
+    )
+    if wants_grad:
+        logits = _linear(hidden[pos_rows, pos_cols], weight, bias)
+        sums = sums.index_add(0, pos_rows, _TokenLogps.apply(logits, targets, impl))
+    else:
+        step = max(1, chunk_bytes // (weight.shape[0] * hidden.element_size()))
+        with torch.no_grad():
+            for p0 in range(0, pos_rows.numel(), step):
+                r, c = pos_rows[p0 : p0 + step], pos_cols[p0 : p0 + step]
+                ops.forward(_linear(hidden[r, c], weight, bias), targets[p0 : p0 + step], r, sums)
+    if average:
+        sums = sums / is_target.sum(-1).clamp(min=1)
+    return sums
+
+
+class _TokenLogps(torch.autograd.Function):
+    """(P, V) logits, (P,) targets -> (P,) float32 log-probs; backward overwrites the saved
+    logits with their gradient (they are this function's private intermediate)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, impl):
+        token_logps = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
+        positions = torch.arange(logits.shape[0], device=logits.device)
+        lse = _chunk_ops(impl).forward(logits, targets, positions, token_logps)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.impl = impl
+        return token_logps
+
+    @staticmethod
+    def backward(ctx, grad_tokens):
+        logits, targets, lse = ctx.saved_tensors
+        grad = _chunk_ops(ctx.impl).backward(logits, targets, lse, grad_tokens.float().contiguous())
+        return grad, None, None
+
+
 # --------------------------------------------------------------------------------------------
 # Planning: which positions, in which chunks
 # --------------------------------------------------------------------------------------------
@@ -368,11 +438,11 @@ def _weights(config: SymMPOConfig) -> tuple:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_hidden(name: str, hidden) -> torch.Tensor:
+def _check_hidden(name: str, hidden, kind_major: bool = True) -> torch.Tensor:
     require_tensor(name, hidden)
     if hidden.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, bfloat16 or float16, got {hidden.dtype}")
-    hidden = flatten_kinds(name, hidden, trailing=2)
+    hidden = flatten_kinds(name, hidden, trailing=2, kind_major=kind_major)
     if hidden.shape[1] == 0 or hidden.shape[2] == 0:
         raise ValueError(f"{name} of shape {tuple(hidden.shape)} has an empty T or H dimension")
     return hidden

@@ -70,6 +70,15 @@ class PreferenceOutput:
     reward_margins: dict[str, torch.Tensor]
     rewards: torch.Tensor  # (K, B) beta r_k
 
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """Python floats for logging: loss, each term, accuracy_* and reward_margin_*."""
+        values = {"loss": self.loss.detach().float()}
+        values.update({k: v.float() for k, v in self.terms.items()})
+        values.update({f"accuracy_{k}": v for k, v in self.accuracies.items()})
+        values.update({f"reward_margin_{k}": v for k, v in self.reward_margins.items()})
+        floats = torch.stack(list(values.values())).tolist()
+        return {prefix + k: v for k, v in zip(values, floats, strict=True)}
+
 
 def build_symmpo_output(loss, per_example, terms, z, policy_logps, ref_logps, config):
     """A SymMPOOutput from the per-example results of any implementation.

@@ -165,3 +165,25 @@ def test_bad_inputs():
         symmpo_loss_from_hidden(h, w, labels, ref, chunk_bytes=0)
     with pytest.raises(TypeError, match=r"labels must be an integer tensor"):
         symmpo_loss_from_hidden(h, w, labels.float(), ref)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("average", [False, True])
+def test_sequence_logps_from_hidden(impl, average):
+    from symmpo import sequence_logps_from_hidden
+
+    h, w, b, labels, _ = make_inputs(batch=1, seq_len=6, seed=9)
+    h3, w3, b3 = (t.float().requires_grad_(True) for t in (h[:3], w, b))
+    got = sequence_logps_from_hidden(h3, w3, labels[:3], bias=b3, average=average, impl=impl)
+    weights = torch.tensor([0.5, -1.0, 2.0])
+    (got * weights).sum().backward()
+    x = [t.clone().requires_grad_(True) for t in (h[:3], w, b)]
+    exact = reference.sequence_logps(x[0] @ x[1].t() + x[2], labels[:3], average)
+    (exact * weights.double()).sum().backward()
+    torch.testing.assert_close(got.double(), exact.detach(), rtol=1e-5, atol=1e-5)
+    for g, e in zip((h3.grad, w3.grad, b3.grad), (x[0].grad, x[1].grad, x[2].grad), strict=True):
+        torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        chunked = sequence_logps_from_hidden(h3, w3, labels[:3], bias=b3, average=average,
+                                             impl=impl, chunk_bytes=1)  # fmt: skip
+    torch.testing.assert_close(chunked, got.detach(), rtol=1e-6, atol=1e-6)

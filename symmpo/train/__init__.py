@@ -1,0 +1,1 @@
+"""Trainer pieces: data, collator, model loading, reference cache, training loop."""

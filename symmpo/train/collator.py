@@ -1,0 +1,161 @@
+"""Batches of kind-major sequences for one policy pass (SPEC.md's order), each distinct image once.
+
+LLaVA-1.5's format: ``USER: <image>\\n{question} ASSISTANT: {answer}</s>``. The <image> token is
+expanded to the vision tower's number of patch features; prompt, image and padding positions
+get label -100, the answer and the end-of-sequence token are targets. Sequences are
+right-padded. Truncation to ``max_length`` cuts the answer's tail, never the image tokens; an
+answer left with no token is a bad record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .data import BadRecord, PreferenceRecord, corrupt_image
+
+#: Per loss: the sequences of one example as (response field, image slot); slot 0 is the image
+#: m, slot 1 the contrastive image m' (symmpo) or the corrupted m (mdpo).
+SEQUENCES = {
+    "symmpo": (("chosen", 0), ("rejected", 0), ("contrast", 0), ("chosen", 1), ("contrast", 1)),
+    "dpo": (("chosen", 0), ("rejected", 0)),
+    "mdpo": (("chosen", 0), ("rejected", 0), ("chosen", 1)),
+}
+RESPONSE_FIELDS = {"chosen": "resp_1_w", "rejected": "resp_1_l", "contrast": "resp_2_w"}
+
+
+@dataclass(frozen=True)
+class LlavaTemplate:
+    """The LLaVA-1.5 conversation format (its version string enters the reference-cache key)."""
+
+    version: str = "llava-1.5-v1"
+    image_token: str = "<image>"
+
+    def prompt(self, question: str) -> str:
+        return f"USER: {self.image_token}\n{question} ASSISTANT:"
+
+
+class PreferenceCollator:
+    """records -> {input_ids, attention_mask, labels (K*B, L), pixel_values (S*B, 3, H, W),
+    image_index (K*B,), idx, ref_logps (K*B,) or None, n_tokens} for K sequences and S image
+    slots per example (SEQUENCES[loss])."""
+
+    def __init__(
+        self,
+        tokenizer,
+        image_processor,
+        image_token_id: int,
+        num_image_tokens: int,
+        max_length: int = 2048,
+        loss: str = "symmpo",
+        seed: int = 0,
+        template: LlavaTemplate | None = None,
+    ):
+        if loss not in SEQUENCES:
+            raise ValueError(f"loss must be one of {sorted(SEQUENCES)}, got {loss!r}")
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_token_id = image_token_id
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+        self.loss = loss
+        self.seed = seed
+        self.template = template or LlavaTemplate()
+        self.sequences = SEQUENCES[loss]
+        first = tokenizer.tokenize("a")
+        self._answer_prefix = "" if first and first[0].startswith("\u2581") else " "
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else tokenizer.eos_token_id
+
+    # -- one sequence -------------------------------------------------------------------------
+
+    def encode_prompt(self, question: str) -> list[int]:
+        """[bos] + tokens of the prompt with <image> expanded to num_image_tokens ids."""
+        ids = self.tokenizer(self.template.prompt(question), add_special_tokens=True)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        where = [i for i, t in enumerate(ids) if t == self.image_token_id]
+        if len(where) != 1:
+            raise ValueError(
+                f"the prompt must tokenize to exactly one {self.template.image_token} token, "
+                f"found {len(where)}; is {self.template.image_token!r} a special token?"
+            )
+        i = where[0]
+        return ids[:i] + [self.image_token_id] * self.num_image_tokens + ids[i + 1 :]
+
+    def encode(self, record: PreferenceRecord, response: str) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of one sequence; BadRecord when no answer token survives."""
+        prompt = self.encode_prompt(record.question)
+        answer = self.tokenizer(
+            self._answer_prefix + getattr(record, response), add_special_tokens=False
+        )["input_ids"] + [self.tokenizer.eos_token_id]
+        room = self.max_length - len(prompt)
+        if room < 1:
+            raise BadRecord(
+                record.idx,
+                RESPONSE_FIELDS[response],
+                f"has no target token left: the prompt alone is {len(prompt)} tokens "
+                f"(max_length {self.max_length}); image tokens are never truncated",
+            )
+        answer = answer[:room]
+        return prompt + answer, [-100] * len(prompt) + answer
+
+    def check(self, record: PreferenceRecord) -> None:
+        """Raise BadRecord if any of the record's sequences or images cannot be used."""
+        for response, _ in self.sequences:
+            self.encode(record, response)
+        record.load_image("image")
+        if self.loss == "symmpo":
+            record.load_image("contrast_image")
+
+    # -- a batch ------------------------------------------------------------------------------
+
+    def images(self, records: list[PreferenceRecord]) -> list:
+        """Slot-major images: slot 0 of every example, then slot 1 (if the loss has one)."""
+        slots = 1 + max(slot for _, slot in self.sequences)
+        images = [r.load_image("image") for r in records]
+        if slots == 1:
+            return images
+        if self.loss == "mdpo":
+            return images + [
+                corrupt_image(im, r.idx, self.seed) for im, r in zip(images, records, strict=True)
+            ]
+        return images + [r.load_image("contrast_image") for r in records]
+
+    def __call__(self, records: list[PreferenceRecord]) -> dict:
+        batch = len(records)
+        encoded, image_index = [], []
+        for response, slot in self.sequences:  # kind-major: all examples of kind 0 first
+            for i, record in enumerate(records):
+                encoded.append(self.encode(record, response))
+                image_index.append(slot * batch + i)
+        length = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), length), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(encoded), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
+        for row, (ids, labs) in enumerate(encoded):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(labs)] = torch.tensor(labs)
+            attention_mask[row, : len(ids)] = 1
+        pixel_values = self.image_processor(images=self.images(records), return_tensors="pt")[
+            "pixel_values"
+        ]
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "pixel_values": pixel_values,
+            "image_index": torch.tensor(image_index),
+            "idx": [r.idx for r in records],
+            "ref_logps": self._ref_logps(records),
+            "n_tokens": int(attention_mask.sum()),
+        }
+
+    def _ref_logps(self, records):
+        """(K*B,) kind-major reference log-probs from the records' ``logps``, else None."""
+        if any(r.ref_logps is None for r in records) or self.loss == "mdpo":
+            return None
+        kinds = range(len(self.sequences))  # symmpo: all five; dpo: the first two
+        return torch.tensor([r.ref_logps[k] for k in kinds for r in records])

@@ -1,0 +1,210 @@
+"""Preference records: loading the released SymMPO layout (parquet), a JSONL layout, or the
+embedded synthetic set, and checking every record before training.
+
+A record has the released dataset's fields: ``idx, question, resp_1_w, resp_1_l, resp_2_w,
+image_1, image_2`` (images as ``{"bytes": ..., "path": ...}``; ``image_path_1/2`` as
+fallbacks), optionally ``logps``: the released preprocessing's five reference sums in SPEC.md's
+order (1_w, 1_l, 1_2, 2_w, 2_2). The JSONL layout uses the same field names with images given
+as paths (``image_path_1``, ``image_path_2``, or ``image_1``/``image_2`` as strings), relative
+to the JSONL file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import pathlib
+import random
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+REQUIRED_TEXT = ("question", "resp_1_w", "resp_1_l", "resp_2_w")
+
+
+class BadRecord(ValueError):
+    """A record that cannot be trained on; the message names its idx and the field."""
+
+    def __init__(self, idx, field_name: str, problem: str):
+        super().__init__(f"record idx={idx}: field {field_name!r} {problem}")
+        self.idx, self.field, self.problem = idx, field_name, problem
+
+
+@dataclass
+class PreferenceRecord:
+    """One example: question x, image m and contrastive image m', y_w, y_l for m, y_w' for m'."""
+
+    idx: object
+    question: str
+    chosen: str  # resp_1_w: y_w, preferred on m
+    rejected: str  # resp_1_l: y_l, hallucinated on m
+    contrast: str  # resp_2_w: y_w', preferred on m'
+    image: object  # encoded image: {"bytes", "path"} dict, a path, or a PIL image
+    contrast_image: object
+    ref_logps: list[float] | None = None
+    base_dir: pathlib.Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def load_image(self, which: str = "image") -> Image.Image:
+        """Decode ``image`` or ``contrast_image`` to RGB (BadRecord if it cannot be read)."""
+        source = getattr(self, which)
+        name = "image_1" if which == "image" else "image_2"
+        return decode_image(source, self.idx, name, self.base_dir)
+
+
+def decode_image(source, idx, name: str, base_dir=None, verify_only: bool = False):
+    try:
+        if isinstance(source, Image.Image):
+            return source.convert("RGB")
+        if isinstance(source, dict):
+            if source.get("bytes"):
+                image = Image.open(io.BytesIO(source["bytes"]))
+            elif source.get("path"):
+                image = Image.open(_resolve(source["path"], base_dir))
+            else:
+                raise BadRecord(idx, name, "has neither bytes nor a path")
+        elif isinstance(source, (str, pathlib.Path)):
+            image = Image.open(_resolve(source, base_dir))
+        else:
+            raise BadRecord(idx, name, f"is not an image (got {type(source).__name__})")
+        if verify_only:
+            image.verify()
+            return None
+        return image.convert("RGB")
+    except BadRecord:
+        raise
+    except Exception as error:  # PIL raises many kinds; all mean "unreadable"
+        raise BadRecord(idx, name, f"is not a readable image ({error})") from error
+
+
+def _resolve(path, base_dir) -> pathlib.Path:
+    path = pathlib.Path(path)
+    return path if path.is_absolute() or base_dir is None else pathlib.Path(base_dir) / path
+
+
+def record_from_row(row: dict, base_dir=None) -> PreferenceRecord:
+    """A PreferenceRecord from a row of either layout; BadRecord names a missing/empty field."""
+    idx = row.get("idx")
+    if idx is None:
+        raise BadRecord(None, "idx", "is missing")
+    for name in REQUIRED_TEXT:
+        value = row.get(name)
+        if value is None:
+            raise BadRecord(idx, name, "is missing")
+        if not isinstance(value, str) or not value.strip():
+            raise BadRecord(idx, name, "is empty" if isinstance(value, str) else "is not text")
+    images = []
+    for k in (1, 2):
+        source = row.get(f"image_{k}") or row.get(f"image_path_{k}")
+        if isinstance(source, dict) and not (source.get("bytes") or source.get("path")):
+            source = row.get(f"image_path_{k}") or source
+        if not source:
+            raise BadRecord(idx, f"image_{k}", f"is missing (and so is image_path_{k})")
+        images.append(source)
+    return PreferenceRecord(
+        idx=idx,
+        question=row["question"],
+        chosen=row["resp_1_w"],
+        rejected=row["resp_1_l"],
+        contrast=row["resp_2_w"],
+        image=images[0],
+        contrast_image=images[1],
+        ref_logps=_parse_logps(row.get("logps"), idx),
+        base_dir=base_dir,
+        extra={k: v for k, v in row.items() if k.startswith("scene_")},
+    )
+
+
+def _parse_logps(value, idx):
+    """The released preprocessing's ``logps``: five finite numbers (nested lists flattened)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = json.loads(value)
+    flat = []
+
+    def walk(v):
+        if isinstance(v, (list, tuple)) or hasattr(v, "tolist") and not isinstance(v, float):
+            for item in v.tolist() if hasattr(v, "tolist") else v:
+                walk(item)
+        else:
+            flat.append(float(v))
+
+    walk(value)
+    if len(flat) != 5 or not all(math.isfinite(v) for v in flat):
+        raise BadRecord(idx, "logps", f"must hold 5 finite numbers, got {flat}")
+    return flat
+
+
+def load_records(source: str | None) -> list[PreferenceRecord]:
+    """Records from a parquet file or folder, a .jsonl file, or (None) nothing: callers use
+    the embedded synthetic set then. Rows are checked field by field (BadRecord)."""
+    path = pathlib.Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"--data {source}: no such file or folder")
+    if path.is_dir():
+        files = sorted(path.rglob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"--data {source}: the folder holds no .parquet file")
+        rows = [row for f in files for row in _parquet_rows(f)]
+        return [record_from_row(row, path) for row in rows]
+    if path.suffix == ".parquet":
+        return [record_from_row(row, path.parent) for row in _parquet_rows(path)]
+    if path.suffix in (".jsonl", ".json"):
+        records = []
+        with path.open(encoding="utf-8") as f:
+            for line_number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{path}:{line_number}: not JSON ({error})") from error
+                    records.append(record_from_row(row, path.parent))
+        return records
+    raise ValueError(f"--data {source}: expected a .parquet file or folder, or a .jsonl file")
+
+
+def _parquet_rows(path: pathlib.Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def records_from_rows(rows: list[dict], skip_bad: bool = False):
+    """(records, skipped) from in-memory rows (the embedded set)."""
+    records, skipped = [], []
+    for row in rows:
+        try:
+            records.append(record_from_row(row))
+        except BadRecord as error:
+            if not skip_bad:
+                raise
+            skipped.append(error)
+    return records, skipped
+
+
+def split_heldout(records: list, heldout: int, seed: int):
+    """(train, heldout): a seeded random ``heldout`` records set apart."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:heldout])
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
+
+
+def corrupt_image(image: Image.Image, idx, seed: int) -> Image.Image:
+    """mDPO's corrupted image: a random resized crop keeping 1 to 20 % of the area, drawn from
+    (seed, idx) so every pass over the example (policy, reference) sees the same crop."""
+    rng = random.Random(f"{seed}:{idx}")
+    width, height = image.size
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(0.01, 0.2)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+            return image.crop((left, top, left + w, top + h)).resize((width, height))
+    side = max(1, int(math.sqrt(area * 0.1)))
+    return image.crop((0, 0, side, side)).resize((width, height))

@@ -1,0 +1,118 @@
+"""Model loading (a tiny LLaVA built from a config, or a real checkpoint), LoRA through peft,
+and the naive forward: one language-model pass over all K*B sequences, each image encoded once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+#: The released LoRA recipe (LLaVA-1.5's finetune_lora, which SymMPO's scripts reuse).
+LORA_PRESET = dict(r=128, alpha=256, dropout=0.05)
+#: Every linear layer of the language model (not the vision tower or the projector).
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def attention_implementation(device: torch.device) -> str:
+    """flash_attention_2 when flash-attn imports on CUDA, else PyTorch's sdpa."""
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def tiny_llava(tokenizer, image_size: int = 64, patch_size: int = 16, seed: int = 0):
+    """A random-weight LlavaForConditionalGeneration (CLIP vision tower + Llama) and its
+    CLIPImageProcessor, small enough to train on a laptop CPU in minutes."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    vision = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        image_size=image_size, patch_size=patch_size, projection_dim=64,
+    )  # fmt: skip
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return model, processor
+
+
+def load_llava(name_or_path: str, dtype: torch.dtype, device: torch.device):
+    """(model, tokenizer, image_processor) from a local folder or an already cached hub name;
+    nothing is downloaded."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=True)
+    model = LlavaForConditionalGeneration.from_pretrained(
+        name_or_path,
+        dtype=dtype,
+        local_files_only=True,
+        attn_implementation=attention_implementation(device),
+    )
+    return model, processor.tokenizer, processor.image_processor
+
+
+def num_image_tokens(config) -> int:
+    """Patch features per image: (image_size / patch_size)^2, +1 with the "full" strategy."""
+    vision = config.vision_config
+    n = (vision.image_size // vision.patch_size) ** 2
+    return n + (1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else 0)
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, targets: str = LORA_TARGETS):
+    """Wrap ``model`` with peft LoRA adapters on the language model's linear layers."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    return get_peft_model(model, config)
+
+
+def unwrap(model):
+    """The LlavaForConditionalGeneration inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def image_features(llava, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(n_images, n_image_tokens, D) projected features, one vision-tower pass per image."""
+    out = llava.model.get_image_features(pixel_values=pixel_values)
+    out = getattr(out, "pooler_output", out)
+    return torch.stack(list(out)) if isinstance(out, (list, tuple)) else out
+
+
+def naive_forward(model, batch: dict) -> torch.Tensor:
+    """Last hidden states (K*B, L, H) of all sequences in one language-model pass.
+
+    Each of the batch's distinct images goes through the vision tower once; its features are
+    placed at the image tokens of every sequence that uses it (``image_index``).
+    """
+    llava = unwrap(model)
+    device = llava.lm_head.weight.device
+    input_ids = batch["input_ids"].to(device)
+    features = image_features(llava, batch["pixel_values"].to(device, llava.dtype))
+    embeds = llava.get_input_embeddings()(input_ids)
+    per_sequence = features[batch["image_index"].to(device)]
+    mask = (input_ids == llava.config.image_token_id).unsqueeze(-1)
+    embeds = embeds.masked_scatter(mask, per_sequence.to(embeds.dtype))
+    out = llava.model.language_model(
+        inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(device)
+    )
+    return out.last_hidden_state

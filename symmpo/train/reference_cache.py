@@ -1,0 +1,70 @@
+"""Reference log-probs computed once before training and kept on disk (``--ref precompute``).
+
+The cache is one JSONL file per fingerprint, ``ref_logps-<fingerprint>.jsonl``, one line per
+record: ``{"idx": ..., "logps": [K floats]}``. The fingerprint hashes the model's identity,
+the data's identity, the prompt template, the max length and the loss: any change selects
+another file, so a stale cache is never read. Lines are appended and flushed batch by batch:
+an interrupted pass resumes where it stopped (a torn last line is ignored and recomputed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+
+import torch
+from tqdm.auto import tqdm
+
+
+def fingerprint(**parts) -> str:
+    """16 hex digits of the SHA-256 of ``parts`` as canonical JSON."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_identity(path: str | pathlib.Path) -> dict:
+    """Path, size and modification time of a file, or of every file under a folder."""
+    path = pathlib.Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+
+
+class ReferenceCache:
+    def __init__(self, folder: str | pathlib.Path, key: str):
+        self.path = pathlib.Path(folder) / f"ref_logps-{key}.jsonl"
+        self.values: dict[str, list[float]] = {}
+        if self.path.exists():
+            with self.path.open(encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line torn by an interruption: recomputed below
+                    self.values[str(row["idx"])] = row["logps"]
+
+    def missing(self, records) -> list:
+        return [r for r in records if str(r.idx) not in self.values]
+
+    def fill(self, records, collator, score, batch_size: int) -> int:
+        """Score the records not cached yet with ``score(batch) -> (K*B,)``; returns how many."""
+        todo = self.missing(records)
+        if not todo:
+            return 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kinds = len(collator.sequences)
+        with self.path.open("a", encoding="utf-8") as f:
+            for start in tqdm(range(0, len(todo), batch_size), desc="reference log-probs"):
+                chunk = todo[start : start + batch_size]
+                logps = score(collator(chunk)).float().cpu().view(kinds, len(chunk))
+                for i, record in enumerate(chunk):
+                    values = logps[:, i].tolist()
+                    self.values[str(record.idx)] = values
+                    f.write(json.dumps({"idx": record.idx, "logps": values}) + "\n")
+                f.flush()
+        return len(todo)
+
+    def lookup(self, idx_list) -> torch.Tensor:
+        """(K*B,) kind-major reference log-probs of a batch's records."""
+        rows = [self.values[str(i)] for i in idx_list]
+        return torch.tensor(rows, dtype=torch.float32).t().reshape(-1)

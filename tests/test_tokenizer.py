@@ -1,0 +1,83 @@
+"""The start-up byte-level BPE tokenizer: special tokens, UTF-8 round trips, determinism."""
+
+import pytest
+
+from symmpo.train.tokenizer import SPECIAL_TOKENS, build_backend_tokenizer, build_tokenizer
+
+ARBITRARY_TEXTS = [
+    "héllo wörld 你好 🙂",
+    "USER: <image>\nWhat is it? ASSISTANT: a red circle.</s>",
+    "\ttabs,  double  spaces and\r\nwindows newlines\n\n",
+    "Ünïcödé ∑∫√ 𝔘𝔫𝔦 — «quotes» ‘’ “” … \u200b zero width",
+    "日本語のテキストと한국어 텍스트, العربية, עברית",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def test_special_tokens_take_ids_0_to_4_in_order(tok):
+    for expected_id, token in enumerate(SPECIAL_TOKENS.values()):
+        assert tok.convert_tokens_to_ids(token) == expected_id
+        assert tok(token)["input_ids"] == [expected_id]
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 3)
+    assert tok.image_token == "<image>" and tok.image_token_id == 4
+    assert set(SPECIAL_TOKENS.values()) <= set(tok.all_special_tokens)
+
+
+def test_special_tokens_are_never_split_inside_text(tok):
+    ids = tok("USER: <image>\nWhat is it? ASSISTANT:")["input_ids"]
+    assert ids.count(tok.image_token_id) == 1
+    assert "<image>" in tok.convert_ids_to_tokens(ids)
+    ids = tok("x<image>y<s>z</s><pad>w<unk>")["input_ids"]
+    for special_id in range(len(SPECIAL_TOKENS)):
+        assert ids.count(special_id) == 1
+
+
+@pytest.mark.parametrize("text", ARBITRARY_TEXTS)
+def test_arbitrary_utf8_round_trips_without_unknowns(tok, text):
+    ids = tok.encode(text)
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids) == text
+
+
+def test_no_bos_or_eos_is_added_by_default(tok):
+    ids = tok("abc")["input_ids"]
+    assert ids == tok("abc", add_special_tokens=False)["input_ids"]
+    assert tok.bos_token_id not in ids and tok.eos_token_id not in ids
+    assert tok.decode(ids) == "abc"
+
+
+def test_building_twice_gives_identical_tokenizers():
+    first, second = build_tokenizer(), build_tokenizer()
+    assert first.get_vocab() == second.get_vocab()
+    assert build_backend_tokenizer().to_str() == build_backend_tokenizer().to_str()
+
+
+def test_synthetic_vocabulary_gets_whole_word_tokens(tok):
+    answer = " There are two red circles on the left and one purple triangle at the bottom."
+    tokens = tok.tokenize(answer)
+    assert tokens[:5] == ["ĠThere", "Ġare", "Ġtwo", "Ġred", "Ġcircles"]
+    assert len(tokens) == len(answer.split()) + 1  # one token per word, plus the full stop
+
+
+def test_extra_corpus_is_learned():
+    word = " zyzzyva"
+    assert len(build_tokenizer().tokenize(word)) > 1
+    assert build_tokenizer(extra_corpus=[word] * 20).tokenize(word) == ["Ġzyzzyva"]
+
+
+def test_vocab_size_is_an_upper_bound():
+    assert len(build_tokenizer(vocab_size=300)) == 300
+    assert len(build_tokenizer(vocab_size=512)) <= 512
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_tokenizer(vocab_size=100)
+
+
+def test_padding_uses_the_pad_token(tok):
+    batch = tok(["a", "abc"], padding=True)
+    assert batch["input_ids"][0][-1] == tok.pad_token_id
+    assert batch["attention_mask"][0][-1] == 0

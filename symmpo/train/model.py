@@ -25,7 +25,6 @@ def tiny_llava(tokenizer, image_size: int = 64, patch_size: int = 16, seed: int 
     """A random-weight LlavaForConditionalGeneration (CLIP vision tower + Llama) and its
     CLIPImageProcessor, small enough to train on a laptop CPU in minutes."""
     from transformers import (
-        CLIPImageProcessor,
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
@@ -50,6 +49,10 @@ def tiny_llava(tokenizer, image_size: int = 64, patch_size: int = 16, seed: int 
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
+    try:  # transformers >= 5.2x: the PIL backend by name (no torchvision needed)
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
     processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )

@@ -1,0 +1,240 @@
+"""The reference trainer's pieces and train.py end to end on the tiny default (CPU, seconds)."""
+
+import importlib.util
+import io
+import json
+import pathlib
+import shutil
+
+import pytest
+import torch
+
+from symmpo import SymMPOConfig, symmpo_loss
+from symmpo.train.collator import PreferenceCollator
+from symmpo.train.data import BadRecord, records_from_rows
+from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava, unwrap
+from symmpo.train.objectives import compute_loss
+from symmpo.train.synthetic import make_synthetic_records
+from symmpo.train.tokenizer import build_tokenizer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL = ["--n_train", "24", "--heldout", "8", "--batch_size", "4", "--eval_batch_size", "8"]
+
+
+def load_train_module():
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = build_tokenizer()
+    model, processor = tiny_llava(tokenizer, seed=0)
+    return tokenizer, model, processor
+
+
+def make_collator(tiny, loss="symmpo", max_length=2048):
+    tokenizer, model, processor = tiny
+    n_image = num_image_tokens(model.config)
+    return PreferenceCollator(
+        tokenizer, processor, model.config.image_token_id, n_image, max_length=max_length, loss=loss
+    )
+
+
+def records(n=3, seed=0):
+    return records_from_rows(make_synthetic_records(n, seed=seed))[0]
+
+
+def test_collator_sequences_decode_to_their_responses(tiny):
+    tokenizer = tiny[0]
+    recs = records(3)
+    batch = make_collator(tiny)(recs)
+    fields = ["chosen", "rejected", "contrast", "chosen", "contrast"]
+    assert batch["input_ids"].shape[0] == 15
+    for k, field in enumerate(fields):
+        for i, record in enumerate(recs):
+            row = k * 3 + i
+            labels = batch["labels"][row]
+            targets = labels[labels != -100].tolist()
+            assert targets[-1] == tokenizer.eos_token_id
+            assert tokenizer.decode(targets[:-1]).strip() == getattr(record, field)
+            first = int((labels != -100).nonzero()[0])
+            prompt = tokenizer.decode(batch["input_ids"][row, :first].tolist())
+            assert record.question in prompt and prompt.rstrip().endswith("ASSISTANT:")
+            assert batch["image_index"][row] == (i if k < 3 else 3 + i)
+    assert batch["pixel_values"].shape[0] == 6
+    n_image = (batch["input_ids"] == tiny[1].config.image_token_id).sum(-1)
+    assert torch.all(n_image == num_image_tokens(tiny[1].config))
+
+
+def test_vision_tower_sees_2b_images(tiny):
+    model = tiny[1]
+    seen = []
+    hook = unwrap(model).model.vision_tower.register_forward_hook(
+        lambda module, args, out: seen.append(args[0].shape[0])
+    )
+    try:
+        naive_forward(model, make_collator(tiny)(records(3)))
+    finally:
+        hook.remove()
+    assert seen == [6]
+
+
+def test_trainer_loss_equals_symmpo_loss_on_plain_forward_logits(tiny):
+    model = tiny[1].float().eval()
+    batch = make_collator(tiny)(records(2))
+    ref = -torch.rand(10) * 50
+    config = SymMPOConfig(beta=0.3, pair_weight=0.7)
+    ours = compute_loss(model, batch, ref, "symmpo", config)
+    logits = model(
+        input_ids=batch["input_ids"],
+        pixel_values=batch["pixel_values"][batch["image_index"]],
+        attention_mask=batch["attention_mask"],
+    ).logits
+    plain = symmpo_loss(logits, batch["labels"], ref, config=config)
+    assert ours.loss.item() == pytest.approx(plain.loss.item(), rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(ours.policy_logps, plain.policy_logps, rtol=1e-5, atol=1e-4)
+
+
+def test_fixed_batch_overfits():
+    tokenizer = build_tokenizer()
+    model, processor = tiny_llava(tokenizer, seed=1)
+    collator = make_collator((tokenizer, model, processor))
+    batch = collator(records(4, seed=3))
+    ref = torch.zeros(20)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(25):
+        out = compute_loss(model, batch, ref, "symmpo", SymMPOConfig())
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(out.loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("loss", ["dpo", "mdpo"])
+def test_baseline_losses_through_the_collator(tiny, loss):
+    batch = make_collator(tiny, loss)(records(2))
+    kinds = {"dpo": 2, "mdpo": 3}[loss]
+    assert (
+        batch["input_ids"].shape[0] == 2 * kinds
+        and batch["pixel_values"].shape[0] == 4 - (loss == "dpo") * 2
+    )
+    out = compute_loss(tiny[1], batch, torch.zeros(2 * kinds), loss, SymMPOConfig())
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+
+
+def test_bad_records_name_idx_and_field(tiny):
+    collator = make_collator(tiny)
+    rows = make_synthetic_records(2)
+    missing = dict(rows[0])
+    del missing["resp_1_l"]
+    with pytest.raises(BadRecord, match=r"idx=0: field 'resp_1_l' is missing"):
+        records_from_rows([missing])
+    empty = dict(rows[0], resp_2_w="   ")
+    with pytest.raises(BadRecord, match=r"idx=0: field 'resp_2_w' is empty"):
+        records_from_rows([empty])
+    broken = dict(rows[1], image_2={"bytes": b"not a png", "path": None})
+    record = records_from_rows([broken])[0][0]
+    with pytest.raises(BadRecord, match=r"idx=1: field 'image_2' is not a readable image"):
+        collator.check(record)
+    short = make_collator(tiny, max_length=10)
+    with pytest.raises(BadRecord, match=r"idx=0: field 'resp_1_w' has no target token left"):
+        short.check(records(1)[0])
+    kept, skipped = records_from_rows([missing, rows[1]], skip_bad=True)
+    assert len(kept) == 1 and len(skipped) == 1
+
+
+def test_train_runs_logs_checkpoints_and_resumes_exactly(tmp_path):
+    train = load_train_module()
+    full = train.main([*SMALL, "--output_dir", str(tmp_path / "full"), "--max_steps", "6",
+                       "--save_steps", "3", "--logging_steps", "1"])  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    required = {"step", "loss", "grad_norm", "lr", "dpo", "pair", "margin", "anchor",
+                "accuracy_dpo", "accuracy_pair1", "accuracy_pair2", "reward_margin_dpo",
+                "reward_margin_pair1", "reward_margin_pair2", "tokens_per_s",
+                "peak_mem_mb"}  # fmt: skip
+    assert required <= set(rows[0])
+    ckpts = sorted(p.name for p in (tmp_path / "full").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-3", "checkpoint-6"]
+    assert not list((tmp_path / "full").glob(".tmp-*"))
+
+    # An interrupted run: the same settings, stopped after the checkpoint of step 3.
+    part = tmp_path / "part"
+    shutil.copytree(tmp_path / "full", part, ignore=shutil.ignore_patterns("checkpoint-6"))
+    resumed = train.main([*SMALL, "--output_dir", str(part), "--max_steps", "6",
+                          "--save_steps", "3", "--resume"])  # fmt: skip
+    expected = [r["loss"] for r in full["history"][3:]]
+    got = [r["loss"] for r in resumed["history"]]
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert [r["step"] for r in resumed["history"]] == [4, 5, 6]
+
+
+def test_released_parquet_layout_trains_two_steps(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = make_synthetic_records(16, seed=5)
+    for row in rows:
+        row["logps"] = [-10.0, -12.0, -11.0, -11.5, -10.5]
+        row.pop("scene_1"), row.pop("scene_2")
+    path = tmp_path / "data"
+    path.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), path / "train-00000.parquet")
+    train = load_train_module()
+    result = train.main(["--data", str(path), "--heldout", "4", "--batch_size", "4",
+                         "--output_dir", str(tmp_path / "out"), "--max_steps", "2"])  # fmt: skip
+    assert len(result["history"]) == 2
+    assert not (tmp_path / "out" / "ref_cache").exists()  # the logps column served
+
+
+def test_jsonl_layout_with_image_paths(tmp_path):
+    rows = make_synthetic_records(12, seed=6)
+    lines = []
+    for row in rows:
+        for k in (1, 2):
+            name = f"img_{row['idx']}_{k}.png"
+            (tmp_path / name).write_bytes(row[f"image_{k}"]["bytes"])
+            row[f"image_path_{k}"] = name
+            del row[f"image_{k}"]
+        lines.append(json.dumps({k: v for k, v in row.items() if not k.startswith("scene")}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines))
+    train = load_train_module()
+    result = train.main(["--data", str(tmp_path / "data.jsonl"), "--heldout", "4",
+                         "--batch_size", "4", "--output_dir", str(tmp_path / "out"),
+                         "--max_steps", "2", "--ref", "model"])  # fmt: skip
+    assert len(result["history"]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra", [["--loss", "mdpo"], ["--loss", "dpo", "--lora", "--ref", "lora"]]
+)
+def test_other_objectives_and_references(tmp_path, extra):
+    train = load_train_module()
+    result = train.main([*SMALL, "--output_dir", str(tmp_path), "--max_steps", "2",
+                         "--lora_r", "4", "--lora_alpha", "8", *extra])  # fmt: skip
+    assert len(result["history"]) == 2 and all(torch.isfinite(torch.tensor(r["loss"]))
+                                               for r in result["history"])  # fmt: skip
+
+
+def test_bad_record_stops_before_training(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = make_synthetic_records(12, seed=7)
+    for row in rows:
+        row.pop("scene_1"), row.pop("scene_2")
+    rows[5]["image_1"] = {"bytes": io.BytesIO(b"junk").getvalue(), "path": None}
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    train = load_train_module()
+    args = ["--data", str(tmp_path / "d.parquet"), "--heldout", "2", "--batch_size", "2",
+            "--output_dir", str(tmp_path / "out"), "--max_steps", "1"]  # fmt: skip
+    with pytest.raises(BadRecord, match=r"idx=5: field 'image_1'"):
+        train.main(args)
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+    assert train.main([*args, "--skip_bad_records"])["skipped"] == 1

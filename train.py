@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ref", choices=("precompute", "lora", "model"), default="precompute")
     p.add_argument("--forward", choices=("naive",), default="naive")
     p.add_argument("--logits_path", action="store_true", help="lm_head + symmpo_loss instead")
-    p.add_argument("--max_steps", type=int, default=None, help="default: 120 tiny, 1 epoch real")
+    p.add_argument("--max_steps", type=int, default=None, help="default: 1200 tiny, 1 epoch real")
     p.add_argument("--batch_size", type=int, default=None, help="examples per micro-batch")
     p.add_argument("--grad_accum", type=int, default=1)
     p.add_argument("--lr", type=float, default=None)
@@ -99,9 +99,9 @@ def main(argv=None) -> dict:
     seed_everything(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tiny = args.model_name_or_path is None
-    args.max_steps = args.max_steps or (120 if tiny else None)
+    args.max_steps = args.max_steps or (1200 if tiny else None)
     args.batch_size = args.batch_size or (8 if tiny else 4)
-    args.lr = args.lr or (2e-3 if tiny else 2e-5 if args.lora else 5e-6)
+    args.lr = args.lr or (1e-3 if tiny else 2e-5 if args.lora else 5e-6)
     out_dir = pathlib.Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     use_bf16 = device.type == "cuda" and not args.no_bf16

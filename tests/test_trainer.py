@@ -238,3 +238,20 @@ def test_bad_record_stops_before_training(tmp_path):
         train.main(args)
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
     assert train.main([*args, "--skip_bad_records"])["skipped"] == 1
+
+
+def test_real_model_folder_loads_through_auto_classes(tmp_path, tiny):
+    """--model_name_or_path: a LLaVA checkpoint folder (model + processor) loads offline."""
+    from transformers import LlavaProcessor
+
+    tokenizer, model, image_processor = tiny
+    folder = tmp_path / "llava-tiny"
+    model.save_pretrained(folder)
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               patch_size=model.config.vision_config.patch_size,
+                               vision_feature_select_strategy="default")  # fmt: skip
+    processor.save_pretrained(folder)
+    train = load_train_module()
+    result = train.main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "o"),
+                         "--max_steps", "2", "--gradient_checkpointing", *SMALL])  # fmt: skip
+    assert len(result["history"]) == 2

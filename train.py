@@ -31,15 +31,8 @@ from symmpo import SymMPOConfig
 from symmpo.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from symmpo.train.collator import PreferenceCollator
 from symmpo.train.data import BadRecord, load_records, records_from_rows, split_heldout
-from symmpo.train.model import (
-    LORA_PRESET,
-    add_lora,
-    load_llava,
-    naive_forward,
-    num_image_tokens,
-    tiny_llava,
-)
-from symmpo.train.objectives import LOSSES, compute_loss, score_batch
+from symmpo.train.model import LORA_PRESET, add_lora, load_llava, num_image_tokens, tiny_llava
+from symmpo.train.objectives import FORWARDS, LOSSES, compute_loss, score_batch
 from symmpo.train.reference_cache import ReferenceCache, file_identity, fingerprint
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="parquet file/folder or .jsonl; default: embedded")
     p.add_argument("--loss", choices=LOSSES, default="symmpo")
     p.add_argument("--ref", choices=("precompute", "lora", "model"), default="precompute")
-    p.add_argument("--forward", choices=("naive",), default="naive")
+    p.add_argument(
+        "--forward",
+        choices=("naive", "shared"),
+        default="naive",
+        help="shared: each image + question prefix encoded once (2P + 5R tokens)",
+    )
     p.add_argument("--logits_path", action="store_true", help="lm_head + symmpo_loss instead")
     p.add_argument("--max_steps", type=int, default=None, help="default: 1200 tiny, 1 epoch real")
     p.add_argument("--batch_size", type=int, default=None, help="examples per micro-batch")
@@ -105,6 +103,7 @@ def main(argv=None) -> dict:
     out_dir = pathlib.Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     use_bf16 = device.type == "cuda" and not args.no_bf16
+    forward = FORWARDS[args.forward]
 
     # -- model, tokenizer, image processor ----------------------------------------------------
     if tiny:
@@ -177,7 +176,7 @@ def main(argv=None) -> dict:
             n = cache.fill(
                 train_records + heldout_records,
                 collator,
-                lambda b: score_batch(model, b, args.average_log_prob),
+                lambda b: score_batch(model, b, args.average_log_prob, forward),
                 args.eval_batch_size,
             )
         print(f"reference log-probs: {n} computed, cache {cache.path}")
@@ -190,8 +189,8 @@ def main(argv=None) -> dict:
         with torch.no_grad(), autocast(device, use_bf16):
             if args.ref == "lora":
                 with model.disable_adapter():
-                    return score_batch(model, batch, args.average_log_prob)
-            return score_batch(ref_model, batch, args.average_log_prob)
+                    return score_batch(model, batch, args.average_log_prob, forward)
+            return score_batch(ref_model, batch, args.average_log_prob, forward)
 
     # -- optimisation -----------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(
@@ -231,7 +230,7 @@ def main(argv=None) -> dict:
             with autocast(device, use_bf16):
                 out = compute_loss(
                     model, batch, reference_logps(batch), args.loss, config, args.logits_path,
-                    forward=naive_forward,
+                    forward=forward,
                 )  # fmt: skip
             (out.loss / args.grad_accum).backward()
             logged.append(out.metrics())
@@ -343,7 +342,7 @@ def evaluate(model, records, collator, reference_logps, args, device, use_bf16) 
         chunk = records[start : start + args.eval_batch_size]
         batch = collator(chunk)
         with autocast(device, use_bf16):
-            logps = score_batch(model, batch, args.average_log_prob).cpu()
+            logps = score_batch(model, batch, args.average_log_prob, FORWARDS[args.forward]).cpu()
         ref = reference_logps(batch).cpu()
         kinds = len(collator.sequences)
         s, r = logps.view(kinds, -1), (logps - ref).view(kinds, -1)

@@ -88,19 +88,23 @@ class PreferenceCollator:
     def encode(self, record: PreferenceRecord, response: str) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of one sequence; BadRecord when no answer token survives."""
         prompt = self.encode_prompt(record.question)
+        answer = self.encode_answer(record, response, len(prompt))
+        return prompt + answer, [-100] * len(prompt) + answer
+
+    def encode_answer(self, record: PreferenceRecord, response: str, prompt_length: int):
+        """The answer's ids and </s>, cut to fit max_length after a prompt of that length."""
         answer = self.tokenizer(
             self._answer_prefix + getattr(record, response), add_special_tokens=False
         )["input_ids"] + [self.tokenizer.eos_token_id]
-        room = self.max_length - len(prompt)
+        room = self.max_length - prompt_length
         if room < 1:
             raise BadRecord(
                 record.idx,
                 RESPONSE_FIELDS[response],
-                f"has no target token left: the prompt alone is {len(prompt)} tokens "
+                f"has no target token left: the prompt alone is {prompt_length} tokens "
                 f"(max_length {self.max_length}); image tokens are never truncated",
             )
-        answer = answer[:room]
-        return prompt + answer, [-100] * len(prompt) + answer
+        return answer[:room]
 
     def check(self, record: PreferenceRecord) -> None:
         """Raise BadRecord if any of the record's sequences or images cannot be used."""
@@ -151,6 +155,64 @@ class PreferenceCollator:
             "idx": [r.idx for r in records],
             "ref_logps": self._ref_logps(records),
             "n_tokens": int(attention_mask.sum()),
+            "shared": self.shared_layout(records),
+        }
+
+    def shared_layout(self, records: list[PreferenceRecord]) -> dict:
+        """The same batch packed for the shared-prefix forward: one row per (image slot,
+        example) holding its prefix (image + prompt, P_i tokens) once, then the responses of
+        every sequence that uses it, each continuing at position P_i.
+
+        Returns ids, positions, segments (S*B, L) (segment 0: prefix, k + 1: the response of
+        sequence kind k, -1: padding), and for the K*B sequences the packed row and columns of
+        their positions [P_i - 1, response...] (gather_rows (K*B,), gather_cols (K*B, 1 + R))
+        with labels aligned to them (the first answer token is predicted from position P_i - 1,
+        the prefix's last token, which every sequence of that prefix shares).
+        """
+        batch = len(records)
+        slots = 1 + max(slot for _, slot in self.sequences)
+        rows = [[] for _ in range(slots * batch)]
+        positions = [[] for _ in range(slots * batch)]
+        segments = [[] for _ in range(slots * batch)]
+        gather = [None] * (len(self.sequences) * batch)
+        for i, record in enumerate(records):
+            prompt = self.encode_prompt(record.question)
+            for slot in range(slots):
+                row = slot * batch + i
+                rows[row] += prompt
+                positions[row] += list(range(len(prompt)))
+                segments[row] += [0] * len(prompt)
+            for k, (response, slot) in enumerate(self.sequences):
+                row = slot * batch + i
+                answer = self.encode_answer(record, response, len(prompt))
+                start = len(rows[row])
+                rows[row] += answer
+                positions[row] += list(range(len(prompt), len(prompt) + len(answer)))
+                segments[row] += [k + 1] * len(answer)
+                cols = [len(prompt) - 1, *range(start, start + len(answer))]
+                gather[k * batch + i] = (row, cols, [-100, *answer])
+        length = max(len(r) for r in rows)
+        span = max(len(cols) for _, cols, _ in gather)
+        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((len(rows), length), dtype=torch.long)
+        seg = torch.full((len(rows), length), -1, dtype=torch.long)
+        for r, (toks, p, g) in enumerate(zip(rows, positions, segments, strict=True)):
+            ids[r, : len(toks)], pos[r, : len(p)], seg[r, : len(g)] = (
+                torch.tensor(toks), torch.tensor(p), torch.tensor(g),
+            )  # fmt: skip
+        gather_cols = torch.zeros((len(gather), span), dtype=torch.long)
+        labels = torch.full((len(gather), span), -100, dtype=torch.long)
+        for j, (_, cols, labs) in enumerate(gather):
+            gather_cols[j, : len(cols)] = torch.tensor(cols)
+            labels[j, : len(labs)] = torch.tensor(labs)
+        return {
+            "input_ids": ids,
+            "position_ids": pos,
+            "segments": seg,
+            "gather_rows": torch.tensor([row for row, _, _ in gather]),
+            "gather_cols": gather_cols,
+            "labels": labels,
+            "n_tokens": int((seg >= 0).sum()),
         }
 
     def _ref_logps(self, records):

@@ -101,8 +101,8 @@ def image_features(llava, pixel_values: torch.Tensor) -> torch.Tensor:
     return torch.stack(list(out)) if isinstance(out, (list, tuple)) else out
 
 
-def naive_forward(model, batch: dict) -> torch.Tensor:
-    """Last hidden states (K*B, L, H) of all sequences in one language-model pass.
+def naive_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden (K*B, L, H), labels (K*B, L)): every sequence in full, in one language-model pass.
 
     Each of the batch's distinct images goes through the vision tower once; its features are
     placed at the image tokens of every sequence that uses it (``image_index``).
@@ -118,4 +118,4 @@ def naive_forward(model, batch: dict) -> torch.Tensor:
     out = llava.model.language_model(
         inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(device)
     )
-    return out.last_hidden_state
+    return out.last_hidden_state, batch["labels"].to(device)

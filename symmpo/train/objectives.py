@@ -19,6 +19,9 @@ from symmpo import (
 )
 
 from .model import naive_forward, unwrap
+from .shared_prefix import shared_forward
+
+FORWARDS = {"naive": naive_forward, "shared": shared_forward}
 
 LOSSES = ("symmpo", "dpo", "mdpo")
 
@@ -26,9 +29,8 @@ LOSSES = ("symmpo", "dpo", "mdpo")
 def compute_loss(model, batch: dict, ref_logps: torch.Tensor, loss: str, config: SymMPOConfig,
                  logits_path: bool = False, forward=naive_forward):  # fmt: skip
     """The loss output (``.loss`` differentiable, ``.metrics()``) of one batch."""
-    hidden = forward(model, batch)
+    hidden, labels = forward(model, batch)
     lm_head = unwrap(model).lm_head
-    labels = batch["labels"].to(hidden.device)
     ref_logps = ref_logps.to(hidden.device)
     if loss == "symmpo":
         if logits_path:
@@ -49,9 +51,8 @@ def compute_loss(model, batch: dict, ref_logps: torch.Tensor, loss: str, config:
 @torch.no_grad()
 def score_batch(model, batch: dict, average: bool, forward=naive_forward) -> torch.Tensor:
     """(K*B,) float32 sequence log-probs of a batch, no gradient (reference scoring, eval)."""
-    hidden = forward(model, batch)
+    hidden, labels = forward(model, batch)
     lm_head = unwrap(model).lm_head
-    labels = batch["labels"].to(hidden.device)
     return sequence_logps_from_hidden(
         hidden, lm_head.weight, labels, bias=lm_head.bias, average=average, allow_empty=True
     )

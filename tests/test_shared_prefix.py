@@ -1,0 +1,92 @@
+"""The shared-prefix forward is exact: same log-probs, loss and gradients as the naive one."""
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+
+from symmpo import SymMPOConfig
+from symmpo.train.collator import PreferenceCollator
+from symmpo.train.data import records_from_rows
+from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava
+from symmpo.train.objectives import compute_loss, score_batch
+from symmpo.train.shared_prefix import shared_attention_mask, shared_forward
+from symmpo.train.synthetic import make_synthetic_records
+from symmpo.train.tokenizer import build_tokenizer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = build_tokenizer()
+    model, processor = tiny_llava(tokenizer, seed=3)
+    return tokenizer, model.float(), processor
+
+
+def collate(tiny, loss="symmpo", n=3, seed=11):
+    tokenizer, model, processor = tiny
+    collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
+                                  num_image_tokens(model.config), loss=loss)  # fmt: skip
+    return collator(records_from_rows(make_synthetic_records(n, seed=seed))[0])
+
+
+@pytest.mark.parametrize("loss", ["symmpo", "dpo", "mdpo"])
+def test_per_sequence_logps_match_on_random_inputs(tiny, loss):
+    model = tiny[1]
+    with torch.no_grad():  # random weights, scaled up so the comparison is not trivially flat
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = collate(tiny, loss, n=4, seed=21)
+    naive = score_batch(model, batch, average=False, forward=naive_forward)
+    shared = score_batch(model, batch, average=False, forward=shared_forward)
+    torch.testing.assert_close(shared, naive, rtol=1e-5, atol=1e-4)
+    assert batch["shared"]["n_tokens"] < batch["n_tokens"]
+
+
+def test_loss_and_gradients_match(tiny):
+    model = tiny[1]
+    batch = collate(tiny)
+    ref = -torch.rand(15) * 30
+    results = {}
+    for name, forward in (("naive", naive_forward), ("shared", shared_forward)):
+        model.zero_grad()
+        out = compute_loss(model, batch, ref, "symmpo", SymMPOConfig(), forward=forward)
+        out.loss.backward()
+        grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+        results[name] = (out.loss.item(), grads)
+    assert results["shared"][0] == pytest.approx(results["naive"][0], rel=1e-5)
+    for a, b in zip(results["shared"][1], results["naive"][1], strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_mask_each_response_sees_prefix_and_itself_only():
+    segments = torch.tensor([[0, 0, 1, 1, 2, -1]])
+    visible = shared_attention_mask(segments, torch.float32)[0, 0] == 0
+    expected = torch.tensor([
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 0],
+        [1, 1, 0, 0, 0, 0],  # padding: sees the prefix; its output is never used
+    ], dtype=torch.bool)  # fmt: skip
+    assert torch.equal(visible, expected)
+
+
+@pytest.mark.parametrize("extra", [[], ["--gradient_checkpointing"]])
+def test_one_train_step_naive_vs_shared(tmp_path, extra):
+    """The issue's acceptance check: same seed, one step, loss within 1e-4, grad norm 1e-3."""
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    common = ["--n_train", "16", "--heldout", "4", "--batch_size", "4", "--max_steps", "1",
+              "--eval_batch_size", "8", *extra]  # fmt: skip
+    runs = {f: train.main([*common, "--forward", f, "--output_dir", str(tmp_path / f)])
+            for f in ("naive", "shared")}  # fmt: skip
+    naive, shared = runs["naive"]["history"][0], runs["shared"]["history"][0]
+    assert abs(shared["loss"] - naive["loss"]) <= 1e-4 * abs(naive["loss"])
+    assert abs(shared["grad_norm"] - naive["grad_norm"]) <= 1e-3 * naive["grad_norm"]

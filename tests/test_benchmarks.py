@@ -67,3 +67,12 @@ def test_cpu_memory_probe_runs():
     from cpu_memory import TINY, measure
 
     assert measure("symmpo_fused_linear", TINY) > 0
+
+
+def test_end_to_end_benchmark_runs_and_plots(tmp_path):
+    rows = _run_bench("bench_end_to_end.py", tmp_path)
+    assert {r["provider"] for r in rows} == {"released_way", "naive", "shared"}
+    from plot_end_to_end import main as plot
+
+    out = plot(["--csv", str(tmp_path / "results.csv"), "--out", str(tmp_path / "p.png")])
+    assert out.stat().st_size > 10_000

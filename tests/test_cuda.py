@@ -153,3 +153,23 @@ def test_fused_linear_bf16_errors_within_torch():
         g_err = (g.double() - x).norm() / x.norm()
         e_err = (e.double() - x).norm() / x.norm()
         assert g_err <= 1.5 * e_err + 1e-3, (g_err, e_err)
+
+
+def test_shared_prefix_forward_matches_naive_on_cuda():
+    from symmpo.train.collator import PreferenceCollator
+    from symmpo.train.data import records_from_rows
+    from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava
+    from symmpo.train.objectives import score_batch
+    from symmpo.train.shared_prefix import shared_forward
+    from symmpo.train.synthetic import make_synthetic_records
+    from symmpo.train.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model, processor = tiny_llava(tokenizer, seed=0)
+    model = model.cuda().float()
+    collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
+                                  num_image_tokens(model.config))  # fmt: skip
+    batch = collator(records_from_rows(make_synthetic_records(4, seed=2))[0])
+    naive = score_batch(model, batch, average=False, forward=naive_forward)
+    shared = score_batch(model, batch, average=False, forward=shared_forward)
+    torch.testing.assert_close(shared, naive, rtol=1e-4, atol=1e-3)

@@ -1,0 +1,198 @@
+"""One SymMPO training step of a LLaVA-1.5-7B-shaped model, three ways.
+
+    pytest benchmarks/bench_end_to_end.py          # CUDA: 7B shapes, random weights, bf16
+    SYMMPO_BENCH_TINY=1 pytest benchmarks/bench_end_to_end.py     # a tiny CPU shape
+
+Model: LLaVA-1.5-7B's configuration (CLIP ViT-L/14 at 336 px, 576 image tokens; Llama 7B,
+vocabulary 32064) built from the config with random weights (nothing downloaded), LoRA r = 128
+on every linear layer of the language model, gradient checkpointing, AdamW on the adapters.
+Batch: B = 4 examples, a 40-token question, responses of about R tokens (R = 75, 150, 300).
+
+- released_way: the released code's step: each of the 5B sequences carries its own image
+  through the vision tower, full-sequence logits, the eager loss (float32 log_softmax), and an
+  online reference model (a second frozen copy) scored the same way;
+- naive: `--forward naive`: 2B images, one pass over 5B sequences, symmpo_loss_from_hidden,
+  precomputed reference log-probs;
+- shared: `--forward shared`: each (image, question) prefix once, 2P + 5R tokens an example.
+
+Rows: step time (ms, median), sequence tokens per second (5B(P + R) tokens a step for all
+three), peak memory (MiB, weights included). For op end_to_end the n_positions column holds R.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import statistics
+import time
+
+import pytest
+import torch
+from PIL import Image
+from results_csv import environment, make_row, write_rows
+
+from symmpo import SymMPOConfig, reference
+from symmpo.train.collator import PreferenceCollator
+from symmpo.train.data import PreferenceRecord
+from symmpo.train.model import add_lora, naive_forward, num_image_tokens
+from symmpo.train.objectives import compute_loss
+from symmpo.train.shared_prefix import shared_forward
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+TINY = os.environ.get("SYMMPO_BENCH_TINY") == "1" or not CUDA
+BATCH = 4 if not TINY else 2
+RESPONSES = [int(r) for r in os.environ.get("SYMMPO_E2E_R", "75,150,300").split(",")]
+if TINY:
+    RESPONSES = [12]
+QUESTION_TOKENS = 40 if not TINY else 6
+STEPS = 3 if not TINY else 1
+IMAGE_TOKEN, BOS, EOS, PAD = 32000, 1, 2, 0
+
+
+class IntTokenizer:
+    """Text of space-separated integers -> those ids; enough for the collator's interface."""
+
+    bos_token_id, eos_token_id, pad_token_id = BOS, EOS, PAD
+    named = {"<image>": IMAGE_TOKEN, "USER:": 3, "ASSISTANT:": 4}
+
+    def tokenize(self, text):
+        return text.split()
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [self.named.get(t) or int(t) for t in text.split()]}
+
+
+def llava_config(vocab: int):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    if TINY:
+        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
+        text = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4)  # fmt: skip
+    else:  # LLaVA-1.5-7B
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=336, patch_size=14,
+                                  projection_dim=768)  # fmt: skip
+        text = LlamaConfig(vocab_size=vocab, hidden_size=4096, intermediate_size=11008,
+                           num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                           max_position_embeddings=4096)  # fmt: skip
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
+                       vision_feature_layer=-2)  # fmt: skip
+
+
+def build_model():
+    from transformers import LlavaForConditionalGeneration
+
+    vocab = 32064
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(DEVICE):
+            model = LlavaForConditionalGeneration(llava_config(vocab))
+    finally:
+        torch.set_default_dtype(previous)
+    return model
+
+
+def make_records(response_length: int, image_size: int, seed: int = 0):
+    rng = random.Random(seed)
+    words = lambda n: " ".join(str(rng.randint(10, 31999)) for _ in range(n))  # noqa: E731
+    records = []
+    for i in range(BATCH):
+        images = [Image.frombytes("RGB", (image_size, image_size),
+                                  bytes(rng.getrandbits(8) for _ in range(3 * image_size**2)))
+                  for _ in range(2)]  # fmt: skip
+        lengths = [max(1, int(response_length * rng.uniform(0.9, 1.1))) for _ in range(3)]
+        records.append(PreferenceRecord(
+            idx=i, question=words(QUESTION_TOKENS), chosen=words(lengths[0]),
+            rejected=words(lengths[1]), contrast=words(lengths[2]),
+            image=images[0], contrast_image=images[1],
+        ))  # fmt: skip
+    return records
+
+
+def image_processor(size: int):
+    try:
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:
+        from transformers import CLIPImageProcessor as Processor
+    return Processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def released_way_loss(model, ref_model, batch):
+    """5B images, full logits, float32 log_softmax, online reference: the released code's step."""
+    pixel_values = batch["pixel_values"][batch["image_index"]].to(DEVICE, model.dtype)
+    inputs = dict(input_ids=batch["input_ids"].to(DEVICE), pixel_values=pixel_values,
+                  attention_mask=batch["attention_mask"].to(DEVICE))  # fmt: skip
+    labels = batch["labels"].to(DEVICE)
+    with torch.no_grad():
+        ref = reference.sequence_logps(ref_model(**inputs).logits, labels)
+    policy = reference.sequence_logps(model(**inputs).logits, labels)
+    terms = reference.symmpo_terms(policy.view(5, -1), ref.view(5, -1), SymMPOConfig())
+    return terms.loss.mean()
+
+
+@pytest.fixture(scope="module")
+def models():
+    base = build_model()
+    ref_model = copy.deepcopy(base).eval().requires_grad_(False)
+    policy = add_lora(base, r=128 if not TINY else 4, alpha=256 if not TINY else 8, dropout=0.0)
+    policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    return policy, ref_model
+
+
+@pytest.mark.parametrize("provider", ["released_way", "naive", "shared"])
+@pytest.mark.parametrize("response_length", RESPONSES)
+def test_end_to_end_step(benchmark, models, response_length, provider):
+    policy, ref_model = models
+    llava_cfg = policy.get_base_model().config
+    size = llava_cfg.vision_config.image_size
+    collator = PreferenceCollator(IntTokenizer(), image_processor(size), IMAGE_TOKEN,
+                                  num_image_tokens(llava_cfg), max_length=4096)  # fmt: skip
+    batch = collator(make_records(response_length, size))
+    ref_logps = -torch.rand(5 * BATCH) * response_length * 10
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
+
+    def step():
+        if provider == "released_way":
+            loss = released_way_loss(policy, ref_model, batch)
+        else:
+            forward = naive_forward if provider == "naive" else shared_forward
+            loss = compute_loss(policy, batch, ref_logps, "symmpo", SymMPOConfig(),
+                                forward=forward).loss  # fmt: skip
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if CUDA:
+            torch.cuda.synchronize()
+
+    step()  # warm-up (allocator, kernels)
+    if CUDA:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(STEPS):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    ms = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if CUDA else None
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # timing is ours (synchronised)
+    tokens = batch["n_tokens"]
+    env = environment()
+    dtype = "bfloat16" if CUDA else "float32"
+    common = ("end_to_end", provider, "train_step", response_length, 32064,
+              llava_cfg.text_config.hidden_size, dtype)  # fmt: skip
+    rows = [make_row(*common, "ms", ms, env),
+            make_row(*common, "tokens_per_s", tokens / (ms / 1e3), env)]  # fmt: skip
+    if peak is not None:
+        rows.append(make_row(*common, "peak_mem_mb", peak, env))
+    write_rows(rows)
+    print(f"\n{provider:>13} R={response_length:<4} {ms:9.1f} ms  {tokens / (ms / 1e3):9.0f} tok/s"
+          f"  peak {peak if peak is not None else float('nan'):9.0f} MiB")  # fmt: skip

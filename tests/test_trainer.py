@@ -255,3 +255,29 @@ def test_real_model_folder_loads_through_auto_classes(tmp_path, tiny):
     result = train.main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "o"),
                          "--max_steps", "2", "--gradient_checkpointing", *SMALL])  # fmt: skip
     assert len(result["history"]) == 2
+
+
+def test_reference_cache_resumes_and_keys_on_fingerprint(tmp_path, tiny):
+    from symmpo.train.objectives import score_batch
+    from symmpo.train.reference_cache import ReferenceCache, fingerprint
+
+    collator = make_collator(tiny)
+    recs = records(5, seed=9)
+    calls = []
+
+    def score(batch):
+        calls.append(len(batch["idx"]))
+        return score_batch(tiny[1], batch, average=False)
+
+    key = fingerprint(model="m", max_length=2048)
+    assert key != fingerprint(model="m", max_length=1024)
+    cache = ReferenceCache(tmp_path, key)
+    assert cache.fill(recs[:3], collator, score, batch_size=2) == 3
+    lines = cache.path.read_text().splitlines()
+    cache.path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # interrupted mid-line
+    resumed = ReferenceCache(tmp_path, key)
+    assert resumed.fill(recs, collator, score, batch_size=2) == 3  # idx 2 (torn), 3, 4
+    again = ReferenceCache(tmp_path, key)
+    assert again.missing(recs) == []
+    expected = score_batch(tiny[1], collator(recs), average=False)
+    torch.testing.assert_close(again.lookup([r.idx for r in recs]), expected, rtol=1e-5, atol=1e-5)

@@ -53,7 +53,10 @@ class ReferenceCache:
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kinds = len(collator.sequences)
+        torn = self.path.exists() and self.path.stat().st_size > 0 and not self._ends_with_newline()
         with self.path.open("a", encoding="utf-8") as f:
+            if torn:
+                f.write("\n")  # close a line torn by an interruption before appending
             for start in tqdm(range(0, len(todo), batch_size), desc="reference log-probs"):
                 chunk = todo[start : start + batch_size]
                 logps = score(collator(chunk)).float().cpu().view(kinds, len(chunk))
@@ -63,6 +66,11 @@ class ReferenceCache:
                     f.write(json.dumps({"idx": record.idx, "logps": values}) + "\n")
                 f.flush()
         return len(todo)
+
+    def _ends_with_newline(self) -> bool:
+        with self.path.open("rb") as f:
+            f.seek(-1, 2)
+            return f.read(1) == b"\n"
 
     def lookup(self, idx_list) -> torch.Tensor:
         """(K*B,) kind-major reference log-probs of a batch's records."""

@@ -14,6 +14,7 @@ initial model and cached on disk (--ref precompute), or scored online (--ref lor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -28,10 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from symmpo import SymMPOConfig
+from symmpo.evaluate import evaluate_run, plot_curves
 from symmpo.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from symmpo.train.collator import PreferenceCollator
 from symmpo.train.data import BadRecord, load_records, records_from_rows, split_heldout
-from symmpo.train.model import LORA_PRESET, add_lora, load_llava, num_image_tokens, tiny_llava
+from symmpo.train.model import LORA_PRESET, add_lora, apply_liger, build_policy, num_image_tokens
 from symmpo.train.objectives import FORWARDS, LOSSES, compute_loss, score_batch
 from symmpo.train.reference_cache import ReferenceCache, file_identity, fingerprint
 
@@ -59,7 +61,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--logits_path", action="store_true", help="lm_head + symmpo_loss instead")
     p.add_argument("--max_steps", type=int, default=None, help="default: 1200 tiny, 1 epoch real")
     p.add_argument("--batch_size", type=int, default=None, help="examples per micro-batch")
-    p.add_argument("--grad_accum", type=int, default=1)
+    p.add_argument("--grad_accum", type=int, default=1, help="micro-batches per step and process")
+    p.add_argument(
+        "--global_batch_size",
+        type=int,
+        default=None,
+        help="examples per optimizer step over all processes (sets --grad_accum)",
+    )
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--lr_scheduler_type", choices=("cosine", "constant"), default="cosine")
     p.add_argument("--warmup_ratio", type=float, default=0.05)
@@ -79,6 +87,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_length", type=int, default=2048)
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--no_bf16", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--liger", action="store_true", help="Liger-Kernel RMSNorm/SwiGLU/RoPE (CUDA)")
+    p.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps")
+    p.add_argument(
+        "--eval_generate",
+        type=int,
+        default=16,
+        help="embedded set: held-out questions answered greedily for the hallucination rate",
+    )
     p.add_argument("--logging_steps", type=int, default=10)
     p.add_argument("--save_steps", type=int, default=50)
     p.add_argument("--save_total_limit", type=int, default=2)
@@ -94,29 +110,45 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    seed_everything(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Global batch = batch_size x processes x grad_accum examples per optimizer step, whatever
+    # the process count; --global_batch_size fixes it and derives --grad_accum.
+    world = PartialState().num_processes
     tiny = args.model_name_or_path is None
-    args.max_steps = args.max_steps or (1200 if tiny else None)
     args.batch_size = args.batch_size or (8 if tiny else 4)
+    if args.global_batch_size:
+        if args.global_batch_size % (args.batch_size * world):
+            raise ValueError(
+                f"--global_batch_size {args.global_batch_size} is not a multiple of "
+                f"--batch_size {args.batch_size} x {world} processes"
+            )
+        args.grad_accum = args.global_batch_size // (args.batch_size * world)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.grad_accum,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    rank, is_main, device = (
+        accelerator.process_index,
+        accelerator.is_main_process,
+        accelerator.device,
+    )
+    seed_everything(args.seed)
+    args.max_steps = args.max_steps or (1200 if tiny else None)
     args.lr = args.lr or (1e-3 if tiny else 2e-5 if args.lora else 5e-6)
     out_dir = pathlib.Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     use_bf16 = device.type == "cuda" and not args.no_bf16
     forward = FORWARDS[args.forward]
+    log = print if is_main else (lambda *a, **k: None)
 
     # -- model, tokenizer, image processor ----------------------------------------------------
-    if tiny:
-        from symmpo.train.tokenizer import build_tokenizer
-
-        tokenizer = build_tokenizer()
-        model, image_processor = tiny_llava(tokenizer, seed=args.seed)
-        model_identity = {"tiny": args.seed, "config": model.config.to_json_string()}
-    else:
-        dtype = torch.bfloat16 if use_bf16 else torch.float32
-        model, tokenizer, image_processor = load_llava(args.model_name_or_path, dtype, device)
-        model_identity = {"path": args.model_name_or_path, "config": model.config.to_json_string()}
-    model.to(device)
+    model, tokenizer, image_processor, model_identity = build_policy(
+        args.model_name_or_path, args.seed, device, use_bf16
+    )
+    if args.liger:
+        apply_liger(model, device)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -142,11 +174,13 @@ def main(argv=None) -> dict:
     heldout_records, bad_heldout = check_records(heldout_records, collator, args.skip_bad_records)
     skipped += bad + bad_heldout
     if skipped:
-        print(f"skipped {len(skipped)} bad record(s), first: {skipped[0]}")
-    if len(train_records) < args.batch_size:
-        raise ValueError(f"{len(train_records)} usable training records < batch size")
-    steps_per_epoch = len(train_records) // (args.batch_size * args.grad_accum)
-    args.max_steps = args.max_steps or steps_per_epoch
+        log(f"skipped {len(skipped)} bad record(s), first: {skipped[0]}")
+    global_batch = args.batch_size * world * args.grad_accum
+    if len(train_records) < global_batch:
+        raise ValueError(
+            f"{len(train_records)} usable training records < global batch {global_batch}"
+        )
+    args.max_steps = args.max_steps or len(train_records) // global_batch
 
     # -- reference ------------------------------------------------------------------------------
     config = SymMPOConfig(
@@ -170,16 +204,15 @@ def main(argv=None) -> dict:
             seed=args.seed if args.loss == "mdpo" else None,
         )  # fmt: skip
         cache = ReferenceCache(args.ref_cache_dir or out_dir / "ref_cache", key)
-        scorer = model.disable_adapter if args.lora else _nullcontext
+        scorer = model.disable_adapter if args.lora else contextlib.nullcontext
         model.eval()
         with scorer(), autocast(device, use_bf16):
-            n = cache.fill(
-                train_records + heldout_records,
-                collator,
+            n = cache.fill_sharded(
+                train_records + heldout_records, collator,
                 lambda b: score_batch(model, b, args.average_log_prob, forward),
-                args.eval_batch_size,
-            )
-        print(f"reference log-probs: {n} computed, cache {cache.path}")
+                args.eval_batch_size, rank, world, accelerator.wait_for_everyone,
+            )  # fmt: skip
+        log(f"reference log-probs: {n} computed over {world} process(es), cache {cache.path}")
 
     def reference_logps(batch):
         if batch["ref_logps"] is not None and cache is None and args.ref == "precompute":
@@ -203,64 +236,114 @@ def main(argv=None) -> dict:
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, args.max_steps)
     else:
         scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    # The step module goes through DDP's forward (gradient sync); the scheduler is stepped by hand
+    # once per optimizer step (accelerate's wrapper would step it once per process).
+    step_module, optimizer = accelerator.prepare(
+        PolicyStep(model, args.loss, config, args.logits_path, forward), optimizer
+    )
 
     start_step, position = 0, 0
     checkpoints = list_checkpoints(out_dir)
     if args.resume:
         if not checkpoints:
             raise FileNotFoundError(f"--resume: no checkpoint in {out_dir}")
-        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
+        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, rank, accelerator)
         start_step, position = state["step"], state["position"]
-        print(f"resumed from {checkpoints[-1]} at step {start_step}")
+        log(f"resumed from {checkpoints[-1]} at step {start_step}")
 
-    before = evaluate(model, heldout_records, collator, reference_logps, args, device, use_bf16)
-    print("held-out before training:", json.dumps(before))
+    def run_eval(step):
+        result = evaluate_run(
+            model, heldout_records, collator, reference_logps, args, device, use_bf16, forward
+        )
+        if is_main:
+            append_jsonl(out_dir / "eval.jsonl", {"step": step, **result})
+        return result
+
+    before = run_eval(start_step)
+    log("held-out before training:", json.dumps(before))
 
     # -- the loop -------------------------------------------------------------------------------
-    metrics_file = (out_dir / "metrics.jsonl").open("a", encoding="utf-8")
     history = []
     model.train()
     tokens, window_start = 0, time.perf_counter()
-    bar = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps)
+    bar = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps,
+               disable=not is_main)  # fmt: skip
     for step in bar:
         logged = []
         for _ in range(args.grad_accum):
-            batch = collator(batch_records(train_records, position, args.batch_size, args.seed))
+            # Micro-batch `position` of the global order: batch_size x world examples, this
+            # process's slice of it.
+            everyone = batch_records(train_records, position, args.batch_size * world, args.seed)
+            batch = collator(everyone[rank * args.batch_size : (rank + 1) * args.batch_size])
             position += 1
-            with autocast(device, use_bf16):
-                out = compute_loss(
-                    model, batch, reference_logps(batch), args.loss, config, args.logits_path,
-                    forward=forward,
-                )  # fmt: skip
-            (out.loss / args.grad_accum).backward()
+            with accelerator.accumulate(step_module), autocast(device, use_bf16):
+                out = step_module(batch, reference_logps(batch))
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             logged.append(out.metrics())
             tokens += batch["n_tokens"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        row = {k: sum(m[k] for m in logged) / len(logged) for k in logged[0]}
+        row = mean_over_processes(accelerator, logged)
         row.update(step=step + 1, grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row.get('accuracy_dpo', 0):.2f}")
         if (step + 1) % args.logging_steps == 0 or step + 1 == args.max_steps:
             elapsed = time.perf_counter() - window_start
-            row.update(tokens_per_s=tokens / elapsed, peak_mem_mb=peak_memory_mb(device))
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
+            row.update(tokens_per_s=tokens * world / elapsed, peak_mem_mb=peak_memory_mb(device))
+            if is_main:
+                append_jsonl(out_dir / "metrics.jsonl", row)
             tokens, window_start = 0, time.perf_counter()
+        if args.eval_steps and (step + 1) % args.eval_steps == 0 and step + 1 < args.max_steps:
+            run_eval(step + 1)
         if (step + 1) % args.save_steps == 0 or step + 1 == args.max_steps:
             save_checkpoint(out_dir, step + 1, model, optimizer, scheduler,
-                            {"position": position}, args.save_total_limit)  # fmt: skip
-    metrics_file.close()
+                            {"position": position, "args": vars(args)}, args.save_total_limit,
+                            accelerator)  # fmt: skip
 
-    after = evaluate(model, heldout_records, collator, reference_logps, args, device, use_bf16)
-    print("held-out before training:", json.dumps(before))
-    print("held-out after training: ", json.dumps(after))
+    after = run_eval(args.max_steps)
+    if is_main:
+        plot_curves(out_dir)
+    log("held-out before training:", json.dumps(before))
+    log("held-out after training: ", json.dumps(after))
     key = "logp_accuracy"
-    print(f"held-out preference accuracy (log p(y_w|m) > log p(y_l|m)): "
-          f"{before[key]:.3f} -> {after[key]:.3f}")  # fmt: skip
+    log(f"held-out preference accuracy (log p(y_w|m) > log p(y_l|m)): "
+        f"{before[key]:.3f} -> {after[key]:.3f}")  # fmt: skip
+    accelerator.end_training()
     return {"history": history, "before": before, "after": after, "skipped": len(skipped)}
+
+
+class PolicyStep(torch.nn.Module):
+    """The policy's loss on a batch, as a module: under DDP its forward is the synchronised one."""
+
+    def __init__(self, model, loss, config, logits_path, forward):
+        super().__init__()
+        self.model = model
+        self.loss, self.config, self.logits_path, self.forward_fn = (
+            loss,
+            config,
+            logits_path,
+            forward,
+        )
+
+    def forward(self, batch, ref_logps):
+        return compute_loss(self.model, batch, ref_logps, self.loss, self.config,
+                            self.logits_path, forward=self.forward_fn)  # fmt: skip
+
+
+def mean_over_processes(accelerator, logged: list[dict]) -> dict:
+    """Metrics averaged over this process's micro-batches, then over processes."""
+    names = list(logged[0])
+    local = torch.tensor([[m[k] for k in names] for m in logged], dtype=torch.float64).mean(0)
+    total = accelerator.reduce(local.to(accelerator.device), reduction="mean")
+    return dict(zip(names, total.cpu().tolist(), strict=True))
+
+
+def append_jsonl(path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,14 +355,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def autocast(device, enabled: bool):
@@ -326,38 +401,6 @@ def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@torch.no_grad()
-def evaluate(model, records, collator, reference_logps, args, device, use_bf16) -> dict:
-    """Held-out preference accuracy: how often the policy gives the preferred response the higher
-    log-prob (log p(y_w|m) > log p(y_l|m); for SymMPO also y_w over y_w' on m and y_w' over
-    y_w on m'), and the reward accuracy beta(r_w - r_l) > 0 against the reference."""
-    was_training = model.training
-    model.eval()
-    wins = {"logp_accuracy": 0, "reward_accuracy": 0, "contrast_accuracy_m": 0,
-            "contrast_accuracy_m_prime": 0}  # fmt: skip
-    count = 0
-    for start in range(0, len(records), args.eval_batch_size):
-        chunk = records[start : start + args.eval_batch_size]
-        batch = collator(chunk)
-        with autocast(device, use_bf16):
-            logps = score_batch(model, batch, args.average_log_prob, FORWARDS[args.forward]).cpu()
-        ref = reference_logps(batch).cpu()
-        kinds = len(collator.sequences)
-        s, r = logps.view(kinds, -1), (logps - ref).view(kinds, -1)
-        wins["logp_accuracy"] += int((s[0] > s[1]).sum())
-        wins["reward_accuracy"] += int((r[0] > r[1]).sum())
-        if args.loss == "symmpo":
-            wins["contrast_accuracy_m"] += int((s[0] > s[2]).sum())
-            wins["contrast_accuracy_m_prime"] += int((s[4] > s[3]).sum())
-        count += len(chunk)
-    if was_training:
-        model.train()
-    result = {k: v / max(count, 1) for k, v in wins.items()}
-    if args.loss != "symmpo":
-        result = {k: v for k, v in result.items() if not k.startswith("contrast")}
-    return result
 
 
 if __name__ == "__main__":

@@ -74,6 +74,39 @@ def load_llava(name_or_path: str, dtype: torch.dtype, device: torch.device):
     return model, processor.tokenizer, processor.image_processor
 
 
+def build_policy(model_name_or_path: str | None, seed: int, device, use_bf16: bool):
+    """(model, tokenizer, image_processor, identity): the tiny default built from a config when
+    ``model_name_or_path`` is None, else a LLaVA checkpoint. ``identity`` enters the reference
+    cache's fingerprint."""
+    if model_name_or_path is None:
+        from .tokenizer import build_tokenizer
+
+        tokenizer = build_tokenizer()
+        model, image_processor = tiny_llava(tokenizer, seed=seed)
+        identity = {"tiny": seed, "config": model.config.to_json_string()}
+    else:
+        dtype = torch.bfloat16 if use_bf16 else torch.float32
+        model, tokenizer, image_processor = load_llava(model_name_or_path, dtype, device)
+        identity = {"path": model_name_or_path, "config": model.config.to_json_string()}
+    return model.to(device), tokenizer, image_processor, identity
+
+
+def apply_liger(model, device) -> None:
+    """Liger-Kernel's LLaVA patches of the language model (RMSNorm, SwiGLU, RoPE), in place.
+
+    The loss stays this library's: Liger's cross-entropy variants are left off. CUDA only.
+    """
+    if device.type != "cuda":
+        raise RuntimeError("--liger patches the model with Liger-Kernel's Triton kernels, which "
+                           "need a CUDA device; run without --liger on the CPU")  # fmt: skip
+    from liger_kernel.transformers import apply_liger_kernel_to_llava
+
+    apply_liger_kernel_to_llava(
+        rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+        fused_linear_cross_entropy=False, model=unwrap(model),
+    )  # fmt: skip
+
+
 def num_image_tokens(config) -> int:
     """Patch features per image: (image_size / patch_size)^2, +1 with the "full" strategy."""
     vision = config.vision_config
@@ -90,7 +123,9 @@ def add_lora(model, r: int, alpha: int, dropout: float, targets: str = LORA_TARG
 
 
 def unwrap(model):
-    """The LlavaForConditionalGeneration inside a peft wrapper (or the model itself)."""
+    """The LlavaForConditionalGeneration inside DDP / peft wrappers (or the model itself)."""
+    while hasattr(model, "module") and not hasattr(model, "get_base_model"):
+        model = model.module  # DistributedDataParallel and similar wrappers
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 

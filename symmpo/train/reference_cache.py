@@ -32,6 +32,7 @@ def file_identity(path: str | pathlib.Path) -> dict:
 
 class ReferenceCache:
     def __init__(self, folder: str | pathlib.Path, key: str):
+        self.key = key
         self.path = pathlib.Path(folder) / f"ref_logps-{key}.jsonl"
         self.values: dict[str, list[float]] = {}
         if self.path.exists():
@@ -65,6 +66,29 @@ class ReferenceCache:
                     self.values[str(record.idx)] = values
                     f.write(json.dumps({"idx": record.idx, "logps": values}) + "\n")
                 f.flush()
+        return len(todo)
+
+    def fill_sharded(self, records, collator, score, batch_size, rank, world, barrier) -> int:
+        """``fill`` with the records split over ``world`` processes: each scores its share into
+        a part file (resumable like the cache), then the main process appends the parts to the
+        cache once and every process reloads it. Returns how many were computed in all."""
+        if world == 1:
+            return self.fill(records, collator, score, batch_size)
+        todo = self.missing(records)
+        part = ReferenceCache(self.path.parent, self.key + f".rank{rank}-of-{world}")
+        part.fill(todo[rank::world], collator, score, batch_size)
+        barrier()
+        if rank == 0:
+            with self.path.open("a", encoding="utf-8") as f:
+                for r in range(world):
+                    piece = ReferenceCache(self.path.parent, self.key + f".rank{r}-of-{world}")
+                    for idx, values in piece.values.items():
+                        if idx not in self.values:
+                            f.write(json.dumps({"idx": idx, "logps": values}) + "\n")
+                    if piece.path.exists():
+                        piece.path.unlink()
+        barrier()
+        self.__init__(self.path.parent, self.key)
         return len(todo)
 
     def _ends_with_newline(self) -> bool:

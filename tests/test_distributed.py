@@ -1,0 +1,69 @@
+"""Two CPU processes (accelerate launch, gloo) train exactly like one with the same global batch."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMMON = ["--n_train", "32", "--heldout", "8", "--batch_size", "4", "--global_batch_size", "8",
+          "--max_steps", "4", "--logging_steps", "1", "--eval_generate", "0", "--save_steps",
+          "100", "--lr_scheduler_type", "constant", "--warmup_ratio", "0"]  # fmt: skip
+
+
+def metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher")
+def test_two_processes_match_one_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    two = tmp_path / "two"
+    proc = subprocess.run([*launch, str(ROOT / "train.py"), *COMMON, "--output_dir", str(two)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    one = tmp_path / "one"
+    train.main([*COMMON, "--output_dir", str(one)])  # one process: grad_accum 2
+
+    a, b = metrics(one), metrics(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4)
+    assert len({round(r["loss"], 6) for r in a}) > 1  # the steps really train
+
+    # The reference pass was sharded, and its cache written once: one file, every record.
+    files = list((two / "ref_cache").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".jsonl"
+    assert len(files[0].read_text().splitlines()) == 40
+
+
+def test_global_batch_must_divide(tmp_path):
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    with pytest.raises(
+        ValueError, match=r"--global_batch_size 6 is not a multiple of --batch_size 4"
+    ):
+        train.main(["--batch_size", "4", "--global_batch_size", "6", "--output_dir", str(tmp_path)])
+
+
+def test_liger_flag_needs_cuda(tmp_path):
+    if sys.modules.get("torch") is not None and __import__("torch").cuda.is_available():
+        pytest.skip("CUDA present")
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    with pytest.raises(RuntimeError, match=r"--liger .* need a CUDA device"):
+        train.main(["--liger", "--n_train", "8", "--heldout", "4", "--output_dir", str(tmp_path)])

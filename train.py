@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
         with scorer(), autocast(device, use_bf16):
             n = cache.fill_sharded(
                 train_records + heldout_records, collator,
-                lambda b: score_batch(model, b, args.average_log_prob, forward),
+                lambda b: score_batch(model, b, args.average_log_prob, forward, args.logits_path),
                 args.eval_batch_size, rank, world, accelerator.wait_for_everyone,
             )  # fmt: skip
         log(f"reference log-probs: {n} computed over {world} process(es), cache {cache.path}")
@@ -222,8 +222,10 @@ def main(argv=None) -> dict:
         with torch.no_grad(), autocast(device, use_bf16):
             if args.ref == "lora":
                 with model.disable_adapter():
-                    return score_batch(model, batch, args.average_log_prob, forward)
-            return score_batch(ref_model, batch, args.average_log_prob, forward)
+                    return score_batch(
+                        model, batch, args.average_log_prob, forward, args.logits_path
+                    )
+            return score_batch(ref_model, batch, args.average_log_prob, forward, args.logits_path)
 
     # -- optimisation -----------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(

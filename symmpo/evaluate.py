@@ -195,7 +195,9 @@ def preference_metrics(model, records, collator, reference_logps, args, autocast
         chunk = records[start : start + args.eval_batch_size]
         batch = collator(chunk)
         with autocast():
-            logps = score_batch(model, batch, args.average_log_prob, forward).cpu()
+            logps = score_batch(
+                model, batch, args.average_log_prob, forward, getattr(args, "logits_path", False)
+            ).cpu()
         ref = reference_logps(batch).cpu().float()
         kinds = len(collator.sequences)
         s, r = logps.view(kinds, -1), args.beta * (logps - ref).view(kinds, -1)

@@ -281,3 +281,17 @@ def test_reference_cache_resumes_and_keys_on_fingerprint(tmp_path, tiny):
     assert again.missing(recs) == []
     expected = score_batch(tiny[1], collator(recs), average=False)
     torch.testing.assert_close(again.lookup([r.idx for r in recs]), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["symmpo", "dpo"])
+def test_logits_path_scores_like_the_hidden_path(tiny, loss):
+    from symmpo.train.objectives import score_batch
+
+    batch = make_collator(tiny, loss)(records(2, seed=13))
+    a = score_batch(tiny[1], batch, average=False)
+    b = score_batch(tiny[1], batch, average=False, logits_path=True)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    ref = torch.zeros(batch["input_ids"].shape[0])
+    x = compute_loss(tiny[1], batch, ref, loss, SymMPOConfig())
+    y = compute_loss(tiny[1], batch, ref, loss, SymMPOConfig(), logits_path=True)
+    assert x.loss.item() == pytest.approx(y.loss.item(), rel=1e-5)

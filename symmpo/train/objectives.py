@@ -13,6 +13,7 @@ from symmpo import (
     SymMPOConfig,
     dpo_loss,
     mdpo_loss,
+    sequence_logps,
     sequence_logps_from_hidden,
     symmpo_loss,
     symmpo_loss_from_hidden,
@@ -38,9 +39,12 @@ def compute_loss(model, batch: dict, ref_logps: torch.Tensor, loss: str, config:
         return symmpo_loss_from_hidden(
             hidden, lm_head.weight, labels, ref_logps, bias=lm_head.bias, config=config
         )
-    logps = sequence_logps_from_hidden(
-        hidden, lm_head.weight, labels, bias=lm_head.bias, average=config.average_log_prob
-    )
+    if logits_path:
+        logps = sequence_logps(lm_head(hidden), labels, average=config.average_log_prob)
+    else:
+        logps = sequence_logps_from_hidden(
+            hidden, lm_head.weight, labels, bias=lm_head.bias, average=config.average_log_prob
+        )
     if loss == "dpo":
         return dpo_loss(logps, ref_logps, beta=config.beta)
     if loss == "mdpo":
@@ -49,10 +53,14 @@ def compute_loss(model, batch: dict, ref_logps: torch.Tensor, loss: str, config:
 
 
 @torch.no_grad()
-def score_batch(model, batch: dict, average: bool, forward=naive_forward) -> torch.Tensor:
+def score_batch(
+    model, batch: dict, average: bool, forward=naive_forward, logits_path: bool = False
+) -> torch.Tensor:
     """(K*B,) float32 sequence log-probs of a batch, no gradient (reference scoring, eval)."""
     hidden, labels = forward(model, batch)
     lm_head = unwrap(model).lm_head
+    if logits_path:  # through lm_head's forward (DeepSpeed ZeRO-3 gathers its weight there)
+        return sequence_logps(lm_head(hidden), labels, average=average, allow_empty=True)
     return sequence_logps_from_hidden(
         hidden, lm_head.weight, labels, bias=lm_head.bias, average=average, allow_empty=True
     )

@@ -1,0 +1,114 @@
+"""Evaluation: hand-computed CHAIR and AMBER values, the synthetic hallucination check, and
+`python -m symmpo.evaluate` on a saved checkpoint."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from symmpo.evaluate import (
+    amber_metrics,
+    build_synonyms,
+    chair_metrics,
+    fold,
+    main,
+    mentioned_objects,
+    scene_hallucinations,
+)
+from symmpo.train.synthetic import make_synthetic_records
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_chair_by_hand():
+    responses = {1: "A dog and a cat sit on a sofa.", 2: "Two people stand near a red car."}
+    annotations = {1: ["dog", "sofa"], 2: ["person", "car"]}
+    synonyms = {"person": ["people", "man"], "cat": ["kitten"]}
+    # Response 1 mentions dog, cat, sofa (cat is absent); response 2 mentions person, car.
+    # CHAIRs = 1 of 2 responses; CHAIRi = 1 hallucinated of 5 mentions.
+    result = chair_metrics(responses, annotations, synonyms)
+    assert result["CHAIRs"] == pytest.approx(0.5)
+    assert result["CHAIRi"] == pytest.approx(0.2)
+    assert result["mentions"] == 5
+
+
+def test_amber_by_hand():
+    annotations = {7: {"truth": ["tree", "sky"], "hallu": ["car", "dog"]},
+                   8: {"truth": ["table"], "hallu": ["chair"]}}  # fmt: skip
+    responses = {7: "Trees under the sky, and a dog.", 8: "A wooden table."}
+    # 7: mentions tree, sky, dog (dog hallucinated); 8: table. CHAIR = 1/4, Cover = 3/3, Hal = 1/2
+    result = amber_metrics(responses, annotations)
+    assert result["CHAIR"] == pytest.approx(0.25)
+    assert result["Cover"] == pytest.approx(1.0)
+    assert result["Hal"] == pytest.approx(0.5)
+
+
+def test_word_matching():
+    assert [fold(w) for w in ("Dogs", "boxes", "glasses", "berries", "sky")] == [
+        "dog", "box", "glass", "berry", "sky",
+    ]  # fmt: skip
+    table = build_synonyms(["traffic light", "light"])
+    assert mentioned_objects("Two traffic lights and one light.", table) == [
+        "traffic light", "light",
+    ]  # fmt: skip
+
+
+def test_synthetic_scene_hallucination():
+    record = make_synthetic_records(1, seed=4)[0]
+    assert scene_hallucinations(record["resp_1_w"], record["scene_1"]) == 0
+    present = {(g["colour"], g["shape"]) for g in record["scene_1"]}
+    absent = next((c, s) for c in ("red", "green", "blue", "yellow", "purple")
+                  for s in ("circle", "square", "triangle") if (c, s) not in present)  # fmt: skip
+    assert scene_hallucinations(f"There is one {absent[0]} {absent[1]} on the left.",
+                                record["scene_1"]) == 1  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    out = tmp_path_factory.mktemp("run")
+    train.main(["--n_train", "16", "--heldout", "4", "--batch_size", "4", "--max_steps", "4",
+                "--eval_steps", "2", "--eval_generate", "2", "--logging_steps", "1",
+                "--output_dir", str(out)])  # fmt: skip
+    return out
+
+
+def test_training_writes_eval_jsonl_and_curves(trained_run):
+    rows = [json.loads(line) for line in (trained_run / "eval.jsonl").open()]
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    assert {"logp_accuracy", "reward_accuracy", "reward_margin", "hallucination_rate",
+            "described_rate"} <= set(rows[-1])  # fmt: skip
+    assert (trained_run / "curves.png").stat().st_size > 10_000
+
+
+def test_evaluate_cli_on_checkpoint_with_amber_and_chair_files(trained_run, tmp_path):
+    rows = make_synthetic_records(2, seed=8)
+    amber = tmp_path / "amber"
+    (amber / "image").mkdir(parents=True)
+    queries, notes = [], []
+    for i, row in enumerate(rows, 1):
+        (amber / "image" / f"AMBER_{i}.png").write_bytes(row["image_1"]["bytes"])
+        queries.append({"id": i, "image": f"AMBER_{i}.png", "query": "Describe the image."})
+        notes.append({"id": i, "type": "generative",
+                      "truth": [g["shape"] for g in row["scene_1"]], "hallu": ["dog"]})  # fmt: skip
+    (amber / "query_generative.json").write_text(json.dumps(queries))
+    (amber / "annotations.json").write_text(json.dumps(notes))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"image_id": 1, "answer": "a dog on a square"}\n')
+    objects = tmp_path / "objects.jsonl"
+    objects.write_text('{"image_id": 1, "objects": ["square"]}\n{"image_id": 2, "objects": []}\n')
+
+    synonyms = tmp_path / "synonyms.json"
+    synonyms.write_text(json.dumps({"dog": ["puppy"]}))
+    checkpoint = sorted(trained_run.glob("checkpoint-*"))[-1]
+    result = main(["--checkpoint", str(checkpoint), "--amber_dir", str(amber),
+                   "--chair_responses", str(answers), "--chair_annotations", str(objects),
+                   "--chair_synonyms", str(synonyms)])  # fmt: skip
+    assert result["step"] == 4 and 0 <= result["logp_accuracy"] <= 1
+    assert result["amber_responses"] == 2 and 0 <= result["amber_CHAIR"] <= 1
+    assert result["chair_CHAIRs"] == 1.0 and result["chair_CHAIRi"] == pytest.approx(0.5)
+    last = json.loads((trained_run / "eval.jsonl").read_text().splitlines()[-1])
+    assert last["checkpoint"] == str(checkpoint)

@@ -63,10 +63,14 @@ def test_fused_linear_benchmark_runs(tmp_path):
     assert {r["metric"] for r in rows} == {"ms", "tflops"}
 
 
-def test_cpu_memory_probe_runs():
-    from cpu_memory import TINY, measure
+def test_cpu_memory_probe_separates_the_paths():
+    """At a shape with a full vocabulary the probe sees eager's (5B, T, V) float32 tensors."""
+    from cpu_memory import measure
 
-    assert measure("symmpo_fused_linear", TINY) > 0
+    shape = dict(batch=1, seq_len=256, hidden=64, vocab=32064, targets=50)
+    eager, fused = measure("eager", shape), measure("symmpo_fused_linear", shape)
+    assert eager > 3 * fused, (eager, fused)
+    assert eager > 300  # at least two 164 MB (5 x 256 x 32064 float32) tensors
 
 
 def test_end_to_end_benchmark_runs_and_plots(tmp_path):

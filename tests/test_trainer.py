@@ -211,9 +211,12 @@ def test_jsonl_layout_with_image_paths(tmp_path):
     assert len(result["history"]) == 2
 
 
-@pytest.mark.parametrize(
-    "extra", [["--loss", "mdpo"], ["--loss", "dpo", "--lora", "--ref", "lora"]]
-)
+@pytest.mark.parametrize("extra", [
+    ["--loss", "mdpo"],
+    ["--loss", "dpo", "--lora", "--ref", "lora"],
+    ["--forward", "shared", "--ref", "model"],
+    ["--forward", "shared", "--lora", "--ref", "lora", "--gradient_checkpointing"],
+])  # fmt: skip
 def test_other_objectives_and_references(tmp_path, extra):
     train = load_train_module()
     result = train.main([*SMALL, "--output_dir", str(tmp_path), "--max_steps", "2",

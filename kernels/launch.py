@@ -55,3 +55,23 @@ def block_config(
     if num_warps is None:
         num_warps = default_warps if block_v >= 1024 else 4
     return block_v, num_warps
+
+
+def wide_rows(*tensors: torch.Tensor) -> bool:
+    """Whether offsets inside a row (vocab x the last stride) of any tensor reach 2^31, so the
+    kernels must compute them in int64 (a vocabulary that is not the innermost dimension)."""
+    *tensors, vocab = tensors
+    return any(vocab * t.stride(-1) >= 2**31 for t in tensors)
+
+
+def guard_inplace_backward(ctx) -> None:
+    """Refuse a second backward through a function whose first backward overwrote its saved
+    logits with their gradient (``inplace_grad``): it would silently read the gradient."""
+    if getattr(ctx, "inplace_grad", False):
+        if getattr(ctx, "logits_consumed", False):
+            raise RuntimeError(
+                "backward ran twice through a Triton loss with inplace_grad=True: the first "
+                "backward overwrote the logits with their gradient; recompute the loss (or pass "
+                "inplace_grad=False) to backpropagate again"
+            )
+        ctx.logits_consumed = True

@@ -26,8 +26,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
-from .launch import block_config, check_launchable
+from .launch import block_config, check_launchable, guard_inplace_backward, wide_rows
 from .row_softmax import row_logsumexp, write_row_grad, write_row_zeros
 
 # --------------------------------------------------------------------------------------------
@@ -66,6 +67,7 @@ def _logprobs_fwd_kernel(
     ignore_index,
     STORE_LSE: tl.constexpr,
     BLOCK_V: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """One program per position (n, t). Reads logits[n, t, :] once if it is a target, else nothing.
 
@@ -82,7 +84,7 @@ def _logprobs_fwd_kernel(
     lse = 0.0
     if is_target:
         row_ptr = logits_ptr + offset
-        lse = row_logsumexp(row_ptr, stride_v, vocab, BLOCK_V)
+        lse = row_logsumexp(row_ptr, stride_v, vocab, BLOCK_V, WIDE)
         target = tl.load(row_ptr + label.to(tl.int64) * stride_v).to(tl.float32)
         tl.atomic_add(sums_ptr + n, target - lse)
         tl.atomic_add(counts_ptr + n, 1)
@@ -109,6 +111,7 @@ def _logprobs_bwd_kernel(
     vocab,
     ignore_index,
     BLOCK_V: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """One program per position: grad[n, t, :] = g[n] (onehot(y) - softmax) or exact zeros.
 
@@ -127,10 +130,19 @@ def _logprobs_bwd_kernel(
         g = tl.load(grad_seq_ptr + n)
         lse = tl.load(lse_ptr + row)
         write_row_grad(
-            logits_ptr + offset, stride_v, grad_row, grad_stride_v, vocab, label, g, lse, BLOCK_V
+            logits_ptr + offset,
+            stride_v,
+            grad_row,
+            grad_stride_v,
+            vocab,
+            label,
+            g,
+            lse,
+            BLOCK_V,
+            WIDE,
         )
     else:
-        write_row_zeros(grad_row, grad_stride_v, vocab, BLOCK_V)
+        write_row_zeros(grad_row, grad_stride_v, vocab, BLOCK_V, WIDE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,6 +181,7 @@ def logprobs_forward(
         ignore_index,
         STORE_LSE=store_lse,
         BLOCK_V=block,
+        WIDE=wide_rows(logits, vocab),
         num_warps=warps,
     )
     return sums, counts, (lse if store_lse else None)
@@ -206,6 +219,7 @@ def logprobs_backward(
         vocab,
         ignore_index,
         BLOCK_V=block,
+        WIDE=wide_rows(logits, grad, vocab),
         num_warps=warps,
     )
     return grad
@@ -230,7 +244,9 @@ class SequenceLogps(torch.autograd.Function):
         return sums
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
+        guard_inplace_backward(ctx)
         logits, labels, lse, counts = ctx.saved_tensors
         grad_seq = grad_out.float()
         if ctx.average:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
-from .launch import check_launchable
+from .launch import check_launchable, guard_inplace_backward
 from .logprobs import logprobs_backward, logprobs_forward
 
 NUM_KINDS = 5
@@ -163,7 +164,9 @@ class FusedSymMPOLoss(torch.autograd.Function):
         return loss, policy, per_example, terms, z
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss, *_unused):
+        guard_inplace_backward(ctx)
         logits, labels, lse, counts, grad_logps = ctx.saved_tensors
         grad_seq = grad_logps.flatten() * grad_loss.float()
         if ctx.average:

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import block_config, check_launchable
+from .launch import block_config, check_launchable, wide_rows
 from .row_softmax import row_logsumexp, write_row_grad
 
 
@@ -34,11 +34,12 @@ def _token_logprobs_fwd_kernel(
     stride_v,
     vocab,
     BLOCK_V: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """One program per row p: reads logits[p, :] once, writes lse[p], adds to sums[segment]."""
     p = tl.program_id(0)
     row_ptr = logits_ptr + p.to(tl.int64) * stride_p
-    lse = row_logsumexp(row_ptr, stride_v, vocab, BLOCK_V)
+    lse = row_logsumexp(row_ptr, stride_v, vocab, BLOCK_V, WIDE)
     target = tl.load(targets_ptr + p).to(tl.int64)
     logit = tl.load(row_ptr + target * stride_v).to(tl.float32)
     tl.store(lse_ptr + p, lse)
@@ -58,6 +59,7 @@ def _token_logprobs_bwd_kernel(
     grad_stride_v,
     vocab,
     BLOCK_V: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """One program per row p: grad[p, :] = g[p] (onehot(y_p) - softmax(logits[p]))."""
     p = tl.program_id(0)
@@ -71,6 +73,7 @@ def _token_logprobs_bwd_kernel(
         tl.load(weights_ptr + p),
         tl.load(lse_ptr + p),
         BLOCK_V,
+        WIDE,
     )
 
 
@@ -87,7 +90,7 @@ def token_logprobs_forward(
     block, warps = block_config(vocab, logits.device)
     _token_logprobs_fwd_kernel[(positions,)](
         logits, targets, segments, lse, sums, *logits.stride(), vocab,
-        BLOCK_V=block, num_warps=warps,
+        BLOCK_V=block, WIDE=wide_rows(logits, vocab), num_warps=warps,
     )  # fmt: skip
     return lse
 
@@ -109,7 +112,7 @@ def token_logprobs_backward(
     _token_logprobs_bwd_kernel[(positions,)](
         logits, targets, lse, weights.to(torch.float32).contiguous(), grad,
         *logits.stride(), *grad.stride(), vocab,
-        BLOCK_V=block, num_warps=warps,
+        BLOCK_V=block, WIDE=wide_rows(logits, grad, vocab), num_warps=warps,
     )  # fmt: skip
     return grad
 

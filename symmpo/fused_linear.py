@@ -10,7 +10,7 @@ The algorithm, for hidden (5B, T, H), lm_head weight W (V, H) and P target posit
        the SymMPO terms of its examples and dL/ds of their sequences (complete: whole examples)
        grad_logits_c = g (onehot - softmax)    written over logits_c (read once, write once)
        grad_h_c = grad_logits_c W              2 n_c H V FLOPs, scattered into grad_hidden
-       grad_W  += grad_logits_c^T h_c          2 n_c H V FLOPs (bf16 in, fp32 accumulate)
+       grad_W  += grad_logits_c^T h_c          2 n_c H V FLOPs (accumulated in grad_W's dtype)
 3. Backward only scales the gradients already computed (by grad_output, when it is not 1).
 
 Why gradients in the forward pass (6 P H V FLOPs) rather than recomputing the chunk logits in
@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import reference
 from .config import SymMPOConfig, resolve_config
@@ -204,7 +205,14 @@ class _TokenLogps(torch.autograd.Function):
         return token_logps
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_tokens):
+        if getattr(ctx, "logits_consumed", False):  # the saved logits hold the gradient now
+            raise RuntimeError(
+                "sequence_logps_from_hidden: a second backward through the same graph is not "
+                "supported (the first overwrote its target logits); recompute the log-probs"
+            )
+        ctx.logits_consumed = True
         logits, targets, lse = ctx.saved_tensors
         grad = _chunk_ops(ctx.impl).backward(logits, targets, lse, grad_tokens.float().contiguous())
         return grad, None, None
@@ -277,7 +285,6 @@ def run_chunks(hidden, weight, bias, ref_logps, plan: ChunkPlan, config, impl, n
     """The algorithm of the module docstring; ``needs_grad`` = (hidden, weight, bias)."""
     batch, device = plan.batch, hidden.device
     want_h, want_w, want_b = needs_grad
-    any_grad = want_h or want_w or want_b
     f32 = dict(dtype=torch.float32, device=device)
     sums = torch.zeros(5 * batch, **f32)
     per_example = torch.empty(batch, **f32)
@@ -288,30 +295,14 @@ def run_chunks(hidden, weight, bias, ref_logps, plan: ChunkPlan, config, impl, n
     grad_bias = torch.zeros(weight.shape[0], **f32) if want_b else None
     counts = plan.counts.clamp(min=1).view(5, batch)
     ops = _chunk_ops(impl)
-
-    for p0, p1, e0, e1 in plan.chunks:
-        rows, cols, targets = plan.rows[p0:p1], plan.cols[p0:p1], plan.targets[p0:p1]
-        h = hidden[rows, cols]
-        logits = _linear(h, weight, bias)
-        lse = ops.forward(logits, targets, rows, sums)
-        policy = sums.view(5, batch)[:, e0:e1]
-        if config.average_log_prob:
-            policy = policy / counts[:, e0:e1]
-        loss_c, terms_c, z_c, grad_c = ops.terms(policy, ref_logps[:, e0:e1], config, 1.0 / batch)
-        per_example[e0:e1], terms[:, e0:e1], z[:, e0:e1] = loss_c, terms_c, z_c
-        if not any_grad:
-            continue
-        if config.average_log_prob:
-            grad_c = grad_c / counts[:, e0:e1]
-        grad_seq[:, e0:e1] = grad_c
-        grad_logits = ops.backward(logits, targets, lse, grad_seq.view(-1)[rows])
-        if want_h:
-            grad_hidden[rows, cols] = grad_logits @ weight
-        if want_w:
-            grad_weight.addmm_(grad_logits.t(), h)
-        if want_b:
-            grad_bias += grad_logits.sum(0, dtype=torch.float32)
-        del logits, grad_logits, h
+    # Under autocast the chunk matmuls run in the autocast dtype, as lm_head would; the
+    # gradients are written back in their tensors' own dtypes.
+    dtype = compute_dtype(hidden)
+    with torch.autocast(device.type, enabled=False):
+        w = weight.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        _chunk_loop(hidden, w, b, ref_logps, plan, config, ops, dtype, counts, sums, per_example,
+                    terms, z, grad_seq, grad_hidden, grad_weight, grad_bias)  # fmt: skip
 
     policy = sums.view(5, batch)
     if config.average_log_prob:
@@ -320,6 +311,50 @@ def run_chunks(hidden, weight, bias, ref_logps, plan: ChunkPlan, config, impl, n
     if grad_bias is not None:
         grad_bias = grad_bias.to(weight.dtype)
     return ChunkResult((loss, per_example, terms, z, policy), (grad_hidden, grad_weight, grad_bias))
+
+
+def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The autocast dtype where autocast is on for hidden's device, else hidden's dtype."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return hidden.dtype
+
+
+def _chunk_loop(hidden, weight, bias, ref_logps, plan, config, ops, dtype, counts, sums,
+                per_example, terms, z, grad_seq, grad_hidden, grad_weight, grad_bias):  # fmt: skip
+    """Every chunk of ``run_chunks``: scores, terms, then the gradients (see the module doc).
+
+    grad_weight accumulates in its own dtype, one rounding per chunk (bf16 addmm_ accumulates
+    each chunk's product in float32 inside the matmul).
+    """
+    batch = plan.batch
+    for p0, p1, e0, e1 in plan.chunks:
+        rows, cols, targets = plan.rows[p0:p1], plan.cols[p0:p1], plan.targets[p0:p1]
+        h = hidden[rows, cols].to(dtype)
+        logits = _linear(h, weight, bias)
+        lse = ops.forward(logits, targets, rows, sums)
+        policy = sums.view(5, batch)[:, e0:e1]
+        if config.average_log_prob:
+            policy = policy / counts[:, e0:e1]
+        loss_c, terms_c, z_c, grad_c = ops.terms(policy, ref_logps[:, e0:e1], config, 1.0 / batch)
+        per_example[e0:e1], terms[:, e0:e1], z[:, e0:e1] = loss_c, terms_c, z_c
+        if grad_hidden is None and grad_weight is None and grad_bias is None:
+            continue
+        if config.average_log_prob:
+            grad_c = grad_c / counts[:, e0:e1]
+        grad_seq[:, e0:e1] = grad_c
+        grad_logits = ops.backward(logits, targets, lse, grad_seq.view(-1)[rows])
+        if grad_hidden is not None:
+            grad_hidden[rows, cols] = (grad_logits @ weight).to(grad_hidden.dtype)
+        if grad_weight is not None:
+            if grad_weight.dtype == dtype:
+                grad_weight.addmm_(grad_logits.t(), h)
+            else:
+                grad_weight += (grad_logits.t() @ h).to(grad_weight.dtype)
+        if grad_bias is not None:
+            grad_bias += grad_logits.sum(0, dtype=torch.float32)
+        del logits, grad_logits, h
 
 
 @torch.no_grad()
@@ -358,6 +393,7 @@ class _FusedLinearSymMPO(torch.autograd.Function):
         return result.outputs
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss, *_unused):
         grads = ctx.saved_tensors
         # loss.backward() passes 1: skip three full passes over the gradients (one host sync).
@@ -456,7 +492,7 @@ def _check_weight(name: str, weight, hidden: torch.Tensor) -> torch.Tensor:
             f"{name} must have shape (V, H) with H = {hidden_size} (the hidden size), "
             f"got {tuple(weight.shape)}"
         )
-    if weight.dtype != hidden.dtype:
+    if weight.dtype != hidden.dtype and not torch.is_autocast_enabled(hidden.device.type):
         raise TypeError(
             f"{name} has dtype {weight.dtype} but the hidden states are {hidden.dtype}; "
             f"they must match (cast one, e.g. weight.to({hidden.dtype}))"

@@ -187,3 +187,16 @@ def test_sequence_logps_from_hidden(impl, average):
         chunked = sequence_logps_from_hidden(h3, w3, labels[:3], bias=b3, average=average,
                                              impl=impl, chunk_bytes=1)  # fmt: skip
     torch.testing.assert_close(chunked, got.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_autocast_with_float32_weights(impl):
+    """Mixed precision: fp32 hidden and weights under bf16 autocast (the trainer on CUDA)."""
+    h, w, b, labels, ref = make_inputs(batch=2, seq_len=6, hidden=16, vocab=64, seed=12)
+    exact = reference_run(h, w, b, labels, ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused_run(h.float(), w.float(), b.float(), labels, ref, impl, chunk_bytes=1)
+    assert got[1].dtype == got[2].dtype == torch.float32
+    assert abs(got[0].loss.item() - exact[0].loss.item()) < 2e-2 * abs(exact[0].loss.item())
+    for g, e in zip(got[1:], exact[1:], strict=True):
+        assert (g.double() - e).norm() / e.norm() < 3e-2

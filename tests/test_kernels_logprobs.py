@@ -167,3 +167,39 @@ def test_row_offsets_are_int64_past_2_31(row):
     assert out[1].item() == n * seq_len + t + 1
     if row > 2**31 // vocab:
         assert out[0].item() > 2**31
+
+
+def test_masked_first_block_gives_no_nan():
+    """A block of -inf logits (a masked vocabulary slice) before the finite ones."""
+    logits, labels = _inputs(5, 4, 32, torch.float32)
+    logits[..., :16] = float("-inf")
+    labels[:, 1:] = 20  # targets in the finite half
+    sums, _, lse = logprobs_forward(logits, labels, block_v=16)
+    torch.testing.assert_close(sums, reference.sequence_logps(logits, labels))
+    grad = logprobs_backward(logits, labels, lse, torch.ones(5), block_v=16)
+    assert torch.isfinite(grad).all() and torch.all(grad[..., :16] == 0)
+
+
+def test_wide_rows_flag_for_huge_vocab_strides():
+    from symmpo_kernels.launch import wide_rows
+
+    narrow = torch.empty(2, 3, 7)
+    assert not wide_rows(narrow, 7)
+    transposed = torch.empty(1, 1).expand(2**20, 4096).t()  # stride(-1) = 0 after expand
+    assert not wide_rows(transposed, 2**20)
+    strided = torch.empty(4, 2**20)[:, ::1].t()  # (2^20, 4) with stride(-1) = 2^20
+    assert wide_rows(strided, 4096)
+
+
+def test_int64_row_offsets_path_gives_the_same_results(monkeypatch):
+    import symmpo_kernels.logprobs as module
+
+    logits, labels = _inputs(5, 4, 37, torch.float32)
+    logits = torch.randn(5, 4, 80)[..., ::2][..., :37]  # vocabulary stride 2
+    sums, _, lse = logprobs_forward(logits, labels)
+    grad = logprobs_backward(logits, labels, lse, torch.ones(5))
+    monkeypatch.setattr(module, "wide_rows", lambda *args: True)
+    wide_sums, _, wide_lse = logprobs_forward(logits, labels)
+    wide_grad = logprobs_backward(logits, labels, wide_lse, torch.ones(5))
+    torch.testing.assert_close(wide_sums, sums, rtol=0, atol=1e-6)
+    torch.testing.assert_close(wide_grad, grad, rtol=0, atol=0)

@@ -159,3 +159,19 @@ def test_allow_empty_under_triton():
     assert torch.all(x.grad[1] == 0)
     expected = symmpo_loss(logits, labels, ref, impl="torch", allow_empty=True)
     assert out.loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)
+
+
+def test_second_backward_after_inplace_grad_is_refused():
+    logits, labels, ref = make_batch(batch=1, seq_len=5, vocab=17, seed=21)
+    leaf = logits.clone().requires_grad_(True)
+    out = symmpo_loss(leaf * 1.0, labels, ref, impl="triton", inplace_grad=True)
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace_grad=True"):
+        out.loss.backward()
+    # Without inplace_grad a second backward is fine and gives the same gradient again.
+    x = logits.clone().requires_grad_(True)
+    loss = symmpo_loss(x, labels, ref, impl="triton").loss
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * first)

@@ -134,18 +134,34 @@ def main(argv=None) -> dict:
         accelerator.is_main_process,
         accelerator.device,
     )
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:  # no dataloader goes through prepare: give DeepSpeed the sizes
+        deepspeed.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=args.batch_size,
+            train_batch_size=args.batch_size * world * args.grad_accum,
+            gradient_clipping=args.max_grad_norm,
+        )
+        if deepspeed.zero_stage == 3:  # lm_head.weight is partitioned; its forward gathers it
+            args.logits_path = True
     seed_everything(args.seed)
     args.max_steps = args.max_steps or (1200 if tiny else None)
     args.lr = args.lr or (1e-3 if tiny else 2e-5 if args.lora else 5e-6)
     out_dir = pathlib.Path(args.output_dir)
+    if not args.resume and (list_checkpoints(out_dir) or (out_dir / "metrics.jsonl").exists()):
+        raise FileExistsError(
+            f"{out_dir} holds an earlier run (checkpoints or metrics.jsonl): pass --resume to "
+            "continue it, or choose another --output_dir; nothing was overwritten"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     use_bf16 = device.type == "cuda" and not args.no_bf16
     forward = FORWARDS[args.forward]
     log = print if is_main else (lambda *a, **k: None)
 
     # -- model, tokenizer, image processor ----------------------------------------------------
+    # bf16 weights only under LoRA (the frozen base); full fine-tuning keeps float32 weights
+    # under bf16 autocast: AdamW steps of lr 5e-6 vanish below a bf16 weight's rounding.
     model, tokenizer, image_processor, model_identity = build_policy(
-        args.model_name_or_path, args.seed, device, use_bf16
+        args.model_name_or_path, args.seed, device, use_bf16 and args.lora
     )
     if args.liger:
         apply_liger(model, device)
@@ -170,8 +186,11 @@ def main(argv=None) -> dict:
         tokenizer, image_processor, model.config.image_token_id, num_image_tokens(model.config),
         max_length=args.max_length, loss=args.loss, seed=args.seed,
     )  # fmt: skip
-    train_records, bad = check_records(train_records, collator, args.skip_bad_records)
-    heldout_records, bad_heldout = check_records(heldout_records, collator, args.skip_bad_records)
+    seen: set = set()
+    train_records, bad = check_records(train_records, collator, args.skip_bad_records, seen)
+    heldout_records, bad_heldout = check_records(
+        heldout_records, collator, args.skip_bad_records, seen
+    )
     skipped += bad + bad_heldout
     if skipped:
         log(f"skipped {len(skipped)} bad record(s), first: {skipped[0]}")
@@ -196,8 +215,10 @@ def main(argv=None) -> dict:
     elif args.ref == "lora":
         raise ValueError("--ref lora scores the reference with the adapters disabled: add --lora")
     cache = None
+    # The released logps column holds sums: usable as the reference unless averaging.
     all_have_logps = all(r.ref_logps is not None for r in train_records + heldout_records)
-    if args.ref == "precompute" and not (all_have_logps and args.loss != "mdpo"):
+    use_record_logps = all_have_logps and args.loss != "mdpo" and not args.average_log_prob
+    if args.ref == "precompute" and not use_record_logps:
         key = fingerprint(
             model=model_identity, data=data_identity, template=collator.template.version,
             max_length=args.max_length, loss=args.loss, average=args.average_log_prob,
@@ -215,7 +236,7 @@ def main(argv=None) -> dict:
         log(f"reference log-probs: {n} computed over {world} process(es), cache {cache.path}")
 
     def reference_logps(batch):
-        if batch["ref_logps"] is not None and cache is None and args.ref == "precompute":
+        if use_record_logps and cache is None and args.ref == "precompute":
             return batch["ref_logps"]
         if cache is not None:
             return cache.lookup(batch["idx"])
@@ -244,13 +265,13 @@ def main(argv=None) -> dict:
         PolicyStep(model, args.loss, config, args.logits_path, forward), optimizer
     )
 
-    start_step, position = 0, 0
+    start_step = 0
     checkpoints = list_checkpoints(out_dir)
     if args.resume:
         if not checkpoints:
             raise FileNotFoundError(f"--resume: no checkpoint in {out_dir}")
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, rank, accelerator)
-        start_step, position = state["step"], state["position"]
+        start_step = state["step"]
         log(f"resumed from {checkpoints[-1]} at step {start_step}")
 
     def run_eval(step):
@@ -272,12 +293,12 @@ def main(argv=None) -> dict:
                disable=not is_main)  # fmt: skip
     for step in bar:
         logged = []
-        for _ in range(args.grad_accum):
-            # Micro-batch `position` of the global order: batch_size x world examples, this
-            # process's slice of it.
-            everyone = batch_records(train_records, position, args.batch_size * world, args.seed)
-            batch = collator(everyone[rank * args.batch_size : (rank + 1) * args.batch_size])
-            position += 1
+        step_examples = batch_records(train_records, step, global_batch, args.seed)
+        for micro in range(args.grad_accum):
+            # This process's slice of the step's examples: micro-batch `micro` of every process
+            # comes before micro-batch `micro + 1` of any.
+            start = (micro * world + rank) * args.batch_size
+            batch = collator(step_examples[start : start + args.batch_size])
             with accelerator.accumulate(step_module), autocast(device, use_bf16):
                 out = step_module(batch, reference_logps(batch))
                 accelerator.backward(out.loss)
@@ -302,7 +323,8 @@ def main(argv=None) -> dict:
             run_eval(step + 1)
         if (step + 1) % args.save_steps == 0 or step + 1 == args.max_steps:
             save_checkpoint(out_dir, step + 1, model, optimizer, scheduler,
-                            {"position": position, "args": vars(args)}, args.save_total_limit,
+                            {"examples_seen": (step + 1) * global_batch, "args": vars(args)},
+                            args.save_total_limit,
                             accelerator)  # fmt: skip
 
     after = run_eval(args.max_steps)
@@ -363,12 +385,18 @@ def autocast(device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def check_records(records, collator, skip_bad: bool):
-    """Every record must tokenize with a target left and have readable images, else stop
-    (BadRecord names the idx and field) or, with --skip_bad_records, skip and count."""
+def check_records(records, collator, skip_bad: bool, seen: set | None = None):
+    """Every record must have a unique idx, tokenize with a target left and have readable
+    images, else stop (BadRecord names the idx and field) or, with --skip_bad_records, skip and
+    count. ``seen`` carries the idx values of records checked before (another split)."""
     good, bad = [], []
+    seen = set() if seen is None else seen
     for record in records:
         try:
+            if str(record.idx) in seen:
+                raise BadRecord(record.idx, "idx", "is not unique (the reference cache and the "
+                                "logs key records by idx)")  # fmt: skip
+            seen.add(str(record.idx))
             collator.check(record)
             good.append(record)
         except BadRecord as error:
@@ -378,11 +406,13 @@ def check_records(records, collator, skip_bad: bool):
     return good, bad
 
 
-def batch_records(records, position: int, batch_size: int, seed: int):
-    """Micro-batch number ``position``: epochs are seeded permutations, so any position is
-    reached without replaying the earlier ones (what makes --resume exact)."""
-    per_epoch = len(records) // batch_size
-    epoch, offset = divmod(position, per_epoch)
+def batch_records(records, step: int, global_batch: int, seed: int):
+    """The examples of optimizer step ``step``: epochs are seeded permutations cut into global
+    batches, so any step is reached without replaying the earlier ones (what makes --resume
+    exact), and the order does not depend on the process count."""
+    per_epoch = len(records) // global_batch
+    epoch, offset = divmod(step, per_epoch)
+    batch_size = global_batch
     order = torch.randperm(
         len(records), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
     )

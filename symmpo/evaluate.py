@@ -350,6 +350,21 @@ def _answer_items(model, collator, items, base, key) -> dict:
     return {item[key]: a for item, a in zip(items, answers, strict=True)}
 
 
+def _usable(records, collator, skip_bad: bool) -> list:
+    """The records training used: bad ones skipped (--skip_bad_records) or raising as there."""
+    from .train.data import BadRecord
+
+    good = []
+    for record in records:
+        try:
+            collator.check(record)
+            good.append(record)
+        except BadRecord:
+            if not skip_bad:
+                raise
+    return good
+
+
 def evaluate_checkpoint(checkpoint):
     """Rebuild the run's model from its checkpoint and evaluate it on the run's held-out set;
     the reference is the initial model (the adapters disabled for LoRA runs)."""
@@ -383,6 +398,7 @@ def evaluate_checkpoint(checkpoint):
     collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
                                   num_image_tokens(model.config), max_length=run.max_length,
                                   loss=run.loss, seed=run.seed)  # fmt: skip
+    heldout = _usable(heldout, collator, run.skip_bad_records)
     forward = FORWARDS[run.forward]
 
     def reference_logps(batch):

@@ -298,3 +298,41 @@ def test_logits_path_scores_like_the_hidden_path(tiny, loss):
     x = compute_loss(tiny[1], batch, ref, loss, SymMPOConfig())
     y = compute_loss(tiny[1], batch, ref, loss, SymMPOConfig(), logits_path=True)
     assert x.loss.item() == pytest.approx(y.loss.item(), rel=1e-5)
+
+
+def test_duplicate_idx_and_an_earlier_run_are_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = make_synthetic_records(12, seed=3)
+    for row in rows:
+        row.pop("scene_1"), row.pop("scene_2")
+    rows[7]["idx"] = 2
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    train = load_train_module()
+    args = ["--data", str(tmp_path / "d.parquet"), "--heldout", "2", "--batch_size", "2",
+            "--max_steps", "1", "--eval_generate", "0"]  # fmt: skip
+    with pytest.raises(BadRecord, match=r"idx=2: field 'idx' is not unique"):
+        train.main([*args, "--output_dir", str(tmp_path / "a")])
+    assert (
+        train.main([*args, "--output_dir", str(tmp_path / "b"), "--skip_bad_records"])["skipped"]
+        == 1
+    )
+    with pytest.raises(FileExistsError, match=r"holds an earlier run"):
+        train.main([*args, "--output_dir", str(tmp_path / "b"), "--skip_bad_records"])
+
+
+def test_released_logps_are_sums_so_averaging_recomputes_the_reference(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = make_synthetic_records(12, seed=5)
+    for row in rows:
+        row["logps"] = [-10.0, -12.0, -11.0, -11.5, -10.5]
+        row.pop("scene_1"), row.pop("scene_2")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    train = load_train_module()
+    train.main(["--data", str(tmp_path / "d.parquet"), "--heldout", "4", "--batch_size", "4",
+                "--output_dir", str(tmp_path / "o"), "--max_steps", "1",
+                "--average_log_prob"])  # fmt: skip
+    assert (tmp_path / "o" / "ref_cache").exists()  # per-token means were computed, not reused

@@ -79,7 +79,11 @@ class ReferenceCache:
         part.fill(todo[rank::world], collator, score, batch_size)
         barrier()
         if rank == 0:
+            torn = self.path.exists() and self.path.stat().st_size > 0
+            torn = torn and not self._ends_with_newline()
             with self.path.open("a", encoding="utf-8") as f:
+                if torn:
+                    f.write("\n")
                 for r in range(world):
                     piece = ReferenceCache(self.path.parent, self.key + f".rank{r}-of-{world}")
                     for idx, values in piece.values.items():
@@ -89,6 +93,10 @@ class ReferenceCache:
                         piece.path.unlink()
         barrier()
         self.__init__(self.path.parent, self.key)
+        if self.missing(records):
+            raise RuntimeError(
+                f"{self.path}: {len(self.missing(records))} records missing after the merge"
+            )
         return len(todo)
 
     def _ends_with_newline(self) -> bool:

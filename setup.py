@@ -45,6 +45,7 @@ setup(
         "train": TRAIN,
         "bench": BENCH,
         "flash": ["flash-attn>=2.6"],  # builds only against CUDA: optional, imported guarded
+        "deepspeed": ["deepspeed>=0.15"],  # for configs/zero2.yaml and configs/zero3.yaml
         "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", *TRAIN, *BENCH],
     },
 )

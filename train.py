@@ -110,12 +110,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    accelerator = Accelerator(
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+    )
     # Global batch = batch_size x processes x grad_accum examples per optimizer step, whatever
     # the process count; --global_batch_size fixes it and derives --grad_accum.
-    world = PartialState().num_processes
+    world = accelerator.num_processes
     tiny = args.model_name_or_path is None
     args.batch_size = args.batch_size or (8 if tiny else 4)
     if args.global_batch_size:
@@ -125,10 +128,7 @@ def main(argv=None) -> dict:
                 f"--batch_size {args.batch_size} x {world} processes"
             )
         args.grad_accum = args.global_batch_size // (args.batch_size * world)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.grad_accum,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
+    accelerator.gradient_accumulation_steps = args.grad_accum
     rank, is_main, device = (
         accelerator.process_index,
         accelerator.is_main_process,
@@ -139,6 +139,7 @@ def main(argv=None) -> dict:
         deepspeed.deepspeed_config.update(
             train_micro_batch_size_per_gpu=args.batch_size,
             train_batch_size=args.batch_size * world * args.grad_accum,
+            gradient_accumulation_steps=args.grad_accum,
             gradient_clipping=args.max_grad_norm,
         )
         if deepspeed.zero_stage == 3:  # lm_head.weight is partitioned; its forward gathers it
@@ -163,6 +164,17 @@ def main(argv=None) -> dict:
     model, tokenizer, image_processor, model_identity = build_policy(
         args.model_name_or_path, args.seed, device, use_bf16 and args.lora
     )
+    if deepspeed is not None:
+        # DeepSpeed's partitioned init draws a random model differently: keep caches apart.
+        model_identity["deepspeed_zero_stage"] = deepspeed.zero_stage
+    if deepspeed is not None:  # the "auto" sizes accelerate would read off model.config
+        hidden = model.config.text_config.hidden_size
+        zero = deepspeed.deepspeed_config.setdefault("zero_optimization", {})
+        for key, value in (("reduce_bucket_size", hidden * hidden),
+                           ("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden)),
+                           ("stage3_param_persistence_threshold", 10 * hidden)):  # fmt: skip
+            if zero.get(key) == "auto":
+                zero[key] = value
     if args.liger:
         apply_liger(model, device)
     if args.gradient_checkpointing:
@@ -208,32 +220,15 @@ def main(argv=None) -> dict:
         average_log_prob=args.average_log_prob,
     )  # fmt: skip
     ref_model = None
+    if args.ref == "model" and deepspeed is not None and deepspeed.zero_stage == 3:
+        raise ValueError("--ref model keeps an unpartitioned copy, which ZeRO-3 cannot gather: "
+                         "use --ref precompute or --lora --ref lora")  # fmt: skip
     if args.ref == "model":
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     if args.lora:
         model = add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout)
     elif args.ref == "lora":
         raise ValueError("--ref lora scores the reference with the adapters disabled: add --lora")
-    cache = None
-    # The released logps column holds sums: usable as the reference unless averaging.
-    all_have_logps = all(r.ref_logps is not None for r in train_records + heldout_records)
-    use_record_logps = all_have_logps and args.loss != "mdpo" and not args.average_log_prob
-    if args.ref == "precompute" and not use_record_logps:
-        key = fingerprint(
-            model=model_identity, data=data_identity, template=collator.template.version,
-            max_length=args.max_length, loss=args.loss, average=args.average_log_prob,
-            seed=args.seed if args.loss == "mdpo" else None,
-        )  # fmt: skip
-        cache = ReferenceCache(args.ref_cache_dir or out_dir / "ref_cache", key)
-        scorer = model.disable_adapter if args.lora else contextlib.nullcontext
-        model.eval()
-        with scorer(), autocast(device, use_bf16):
-            n = cache.fill_sharded(
-                train_records + heldout_records, collator,
-                lambda b: score_batch(model, b, args.average_log_prob, forward, args.logits_path),
-                args.eval_batch_size, rank, world, accelerator.wait_for_everyone,
-            )  # fmt: skip
-        log(f"reference log-probs: {n} computed over {world} process(es), cache {cache.path}")
 
     def reference_logps(batch):
         if use_record_logps and cache is None and args.ref == "precompute":
@@ -264,6 +259,29 @@ def main(argv=None) -> dict:
     step_module, optimizer = accelerator.prepare(
         PolicyStep(model, args.loss, config, args.logits_path, forward), optimizer
     )
+
+    # The reference pass comes after prepare (under ZeRO-3 the parameters are only gathered by
+    # the engine's hooks) and before any optimizer step: it scores the initial model.
+    cache = None
+    # The released logps column holds sums: usable as the reference unless averaging.
+    all_have_logps = all(r.ref_logps is not None for r in train_records + heldout_records)
+    use_record_logps = all_have_logps and args.loss != "mdpo" and not args.average_log_prob
+    if args.ref == "precompute" and not use_record_logps:
+        key = fingerprint(
+            model=model_identity, data=data_identity, template=collator.template.version,
+            max_length=args.max_length, loss=args.loss, average=args.average_log_prob,
+            seed=args.seed if args.loss == "mdpo" else None,
+        )  # fmt: skip
+        cache = ReferenceCache(args.ref_cache_dir or out_dir / "ref_cache", key)
+        scorer = model.disable_adapter if args.lora else contextlib.nullcontext
+        model.eval()
+        with scorer(), autocast(device, use_bf16):
+            n = cache.fill_sharded(
+                train_records + heldout_records, collator,
+                lambda b: score_batch(model, b, args.average_log_prob, forward, args.logits_path),
+                args.eval_batch_size, rank, world, accelerator.wait_for_everyone,
+            )  # fmt: skip
+        log(f"reference log-probs: {n} computed over {world} process(es), cache {cache.path}")
 
     start_step = 0
     checkpoints = list_checkpoints(out_dir)

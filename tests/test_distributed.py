@@ -67,3 +67,30 @@ def test_liger_flag_needs_cuda(tmp_path):
     spec.loader.exec_module(train)
     with pytest.raises(RuntimeError, match=r"--liger .* need a CUDA device"):
         train.main(["--liger", "--n_train", "8", "--heldout", "4", "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed not installed (extra)"
+)
+def test_deepspeed_zero2_single_process_matches_plain(tmp_path):
+    """ZeRO-2 through accelerate (one CPU process: accelerate cannot start several DeepSpeed
+    processes on the CPU) gives the plain run's losses; checkpoints go through save_state."""
+    config = tmp_path / "zero2.yaml"
+    config.write_text(
+        (ROOT / "configs" / "zero2.yaml").read_text()
+        .replace("configs/ds_zero2.json", str(ROOT / "configs" / "ds_zero2.json"))
+        .replace("num_processes: 4", "num_processes: 1").replace("use_cpu: false", "use_cpu: true")
+    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    args = [*COMMON, "--save_steps", "2"]
+    ds = tmp_path / "ds"
+    proc = subprocess.run(["accelerate", "launch", "--config_file", str(config),
+                           str(ROOT / "train.py"), *args, "--output_dir", str(ds)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    plain = tmp_path / "plain"
+    subprocess.run([sys.executable, str(ROOT / "train.py"), *args, "--output_dir", str(plain)],
+                   cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
+    for x, y in zip(metrics(plain), metrics(ds), strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+    assert (ds / "checkpoint-4" / "accelerate_state").is_dir()

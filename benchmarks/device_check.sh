@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one device script: correctness on CUDA at realistic shapes (one past 2^31 elements), then
 # benchmark rows into $OUT/results.csv (merge them with `python benchmarks/results_csv.py merge`).
-#   STEPS="env correctness tune logits fused_linear e2e" bash benchmarks/device_check.sh  (all)
+#   STEPS="env correctness tune logits fused_linear e2e liger" bash benchmarks/device_check.sh
 # Tried on the CPU too: the CUDA tests skip and the benchmarks run their CPU shapes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ if ! python3 -c "import symmpo_kernels" 2>/dev/null; then
   export PYTHONPATH="$PWD:/tmp/symmpo_path${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-STEPS=${STEPS:-"env correctness tune logits fused_linear e2e"}
+STEPS=${STEPS:-"env correctness tune logits fused_linear e2e liger"}
 status=0
 run() {
   local name=$1
@@ -46,6 +46,8 @@ for step in $STEPS; do
               benchmarks/bench_logits_path.py ;;
     fused_linear) run fused_linear timeout 240 python3 -m pytest -q -p no:cacheprovider \
                     --benchmark-disable benchmarks/bench_fused_linear.py ;;
+    liger) run liger timeout 120 python3 train.py --liger --max_steps 5 --n_train 32 --heldout 8 \
+             --batch_size 4 --eval_generate 2 --logging_steps 1 --output_dir "$OUT/liger_run" ;;
     e2e) run e2e timeout 300 python3 -m pytest -q -s -p no:cacheprovider --benchmark-disable \
            benchmarks/bench_end_to_end.py ;;
     *) echo "unknown step $step"; status=1 ;;

@@ -189,10 +189,8 @@ def main(argv=None) -> dict:
         heldout_records, _ = records_from_rows(heldout_rows, args.skip_bad_records)
         data_identity = {"embedded": [args.n_train, args.heldout, args.seed]}
     else:
-        train_records, heldout_records = split_heldout(
-            load_records(args.data), args.heldout, args.seed
-        )
-        skipped = []
+        records, skipped = load_records(args.data, args.skip_bad_records)
+        train_records, heldout_records = split_heldout(records, args.heldout, args.seed)
         data_identity = {"data": file_identity(args.data)}
     collator = PreferenceCollator(
         tokenizer, image_processor, model.config.image_token_id, num_image_tokens(model.config),
@@ -270,7 +268,8 @@ def main(argv=None) -> dict:
         key = fingerprint(
             model=model_identity, data=data_identity, template=collator.template.version,
             max_length=args.max_length, loss=args.loss, average=args.average_log_prob,
-            seed=args.seed if args.loss == "mdpo" else None,
+            seed=args.seed if args.loss == "mdpo" else None, bf16=use_bf16,
+            forward=args.forward, logits_path=args.logits_path, liger=args.liger,
         )  # fmt: skip
         cache = ReferenceCache(args.ref_cache_dir or out_dir / "ref_cache", key)
         scorer = model.disable_adapter if args.lora else contextlib.nullcontext
@@ -285,12 +284,15 @@ def main(argv=None) -> dict:
 
     start_step = 0
     checkpoints = list_checkpoints(out_dir)
-    if args.resume:
-        if not checkpoints:
-            raise FileNotFoundError(f"--resume: no checkpoint in {out_dir}")
+    if args.resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, rank, accelerator)
         start_step = state["step"]
         log(f"resumed from {checkpoints[-1]} at step {start_step}")
+    elif args.resume:
+        log(f"--resume: no checkpoint in {out_dir} yet, starting from step 0")
+    if args.resume and is_main:  # the steps after the checkpoint are logged again below
+        keep_rows(out_dir / "metrics.jsonl", lambda row: row["step"] <= start_step)
+        keep_rows(out_dir / "eval.jsonl", lambda row: row["step"] < start_step)
 
     def run_eval(step):
         result = evaluate_run(
@@ -342,8 +344,7 @@ def main(argv=None) -> dict:
         if (step + 1) % args.save_steps == 0 or step + 1 == args.max_steps:
             save_checkpoint(out_dir, step + 1, model, optimizer, scheduler,
                             {"examples_seen": (step + 1) * global_batch, "args": vars(args)},
-                            args.save_total_limit,
-                            accelerator)  # fmt: skip
+                            args.save_total_limit, accelerator, step_module)  # fmt: skip
 
     after = run_eval(args.max_steps)
     if is_main:
@@ -381,6 +382,17 @@ def mean_over_processes(accelerator, logged: list[dict]) -> dict:
     local = torch.tensor([[m[k] for k in names] for m in logged], dtype=torch.float64).mean(0)
     total = accelerator.reduce(local.to(accelerator.device), reduction="mean")
     return dict(zip(names, total.cpu().tolist(), strict=True))
+
+
+def keep_rows(path, keep) -> None:
+    """Rewrite a JSONL log with only the rows ``keep`` accepts (atomically)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)), encoding="utf-8")
+    tmp.replace(path)
 
 
 def append_jsonl(path, row: dict) -> None:
@@ -443,8 +455,9 @@ def param_groups(model, weight_decay: float):
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+    return [g for g in groups if g["params"]]  # DeepSpeed drops empty groups behind our back
 
 
 def peak_memory_mb(device) -> float:

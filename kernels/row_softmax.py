@@ -23,8 +23,8 @@ def row_logsumexp(row_ptr, stride_v, vocab, BLOCK_V: tl.constexpr, WIDE: tl.cons
 
     Reads the row once. The first block is peeled so the running max and sum start as real
     float32 scalars; masked lanes load -inf and add exp(-inf) = 0. The subtracted max is
-    floored to 0 while it is still -inf (a block of -inf logits), so no exp(-inf + inf) = NaN
-    appears; a row of only -inf gives -inf.
+    floored to 0 while it is still -inf (a block of -inf logits), and the old sum (then 0) is
+    not rescaled, so neither exp(-inf + inf) nor 0 * inf appears; a row of only -inf gives -inf.
     """
     cols = tl.arange(0, BLOCK_V)
     x = tl.load(row_ptr + _row_offsets(cols, stride_v, WIDE), mask=cols < vocab,
@@ -38,9 +38,8 @@ def row_logsumexp(row_ptr, stride_v, vocab, BLOCK_V: tl.constexpr, WIDE: tl.cons
                     other=float("-inf")).to(tl.float32)  # fmt: skip
         new_max = tl.maximum(running_max, tl.max(x, axis=0))
         new_safe = tl.where(new_max == float("-inf"), 0.0, new_max)
-        running_sum = running_sum * tl.exp(safe_max - new_safe) + tl.sum(
-            tl.exp(x - new_safe), axis=0
-        )
+        scale = tl.where(running_max == float("-inf"), 0.0, tl.exp(safe_max - new_safe))
+        running_sum = running_sum * scale + tl.sum(tl.exp(x - new_safe), axis=0)
         running_max, safe_max = new_max, new_safe
     return safe_max + tl.log(running_sum)
 

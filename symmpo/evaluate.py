@@ -200,7 +200,10 @@ def preference_metrics(model, records, collator, reference_logps, args, autocast
             ).cpu()
         ref = reference_logps(batch).cpu().float()
         kinds = len(collator.sequences)
-        s, r = logps.view(kinds, -1), args.beta * (logps - ref).view(kinds, -1)
+        s = logps.view(kinds, -1)
+        r = args.beta * (logps - ref).view(kinds, -1)  # beta r_k; beta_contrast for k = 3, 4
+        if args.loss == "symmpo" and getattr(args, "beta_contrast", None) is not None:
+            r[3:] *= args.beta_contrast / args.beta
         sums["logp_accuracy"] += float((s[0] > s[1]).sum())
         sums["reward_accuracy"] += float((r[0] > r[1]).sum())
         sums["reward_margin"] += float((r[0] - r[1]).sum())
@@ -380,21 +383,23 @@ def evaluate_checkpoint(checkpoint):
     run = SimpleNamespace(**state["args"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     use_bf16 = device.type == "cuda" and not run.no_bf16
+    bf16_weights = use_bf16 and run.lora  # as in training: full fine-tuning keeps fp32 weights
     model, tokenizer, processor, _ = build_policy(
-        run.model_name_or_path, run.seed, device, use_bf16
+        run.model_name_or_path, run.seed, device, bf16_weights
     )
     reference = None
     if run.lora:
         model = add_lora(model, run.lora_r, run.lora_alpha, run.lora_dropout)
     else:
-        reference = build_policy(run.model_name_or_path, run.seed, device, use_bf16)[0].eval()
+        reference = build_policy(run.model_name_or_path, run.seed, device, bf16_weights)[0].eval()
     load_weights(checkpoint, model)
     if run.data is None:
         from .train.synthetic import synthetic_splits
 
         heldout = records_from_rows(synthetic_splits(run.n_train, run.heldout, seed=run.seed)[1])[0]
     else:
-        heldout = split_heldout(load_records(run.data), run.heldout, run.seed)[1]
+        records, _ = load_records(run.data, skip_bad=run.skip_bad_records)
+        heldout = split_heldout(records, run.heldout, run.seed)[1]
     collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
                                   num_image_tokens(model.config), max_length=run.max_length,
                                   loss=run.loss, seed=run.seed)  # fmt: skip

@@ -20,15 +20,19 @@ def metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").open()]
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher")
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torch's launcher")
 def test_two_processes_match_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    # torchrun with accelerate's CPU switch: two gloo processes (accelerate launch --cpu starts
+    # a single process on a machine without GPUs).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    launch = ["torchrun", "--nproc_per_node", "2", "--master_port", "29517"]
     two = tmp_path / "two"
-    proc = subprocess.run([*launch, str(ROOT / "train.py"), *COMMON, "--output_dir", str(two)],
-                          cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run([*launch, str(ROOT / "train.py"), *COMMON, "--output_dir", str(two),
+                           "--save_steps", "4"], cwd=ROOT, env=env, capture_output=True,
+                          text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "over 2 process(es)" in proc.stdout
+    assert (two / "checkpoint-4" / "rng_rank1.pt").exists()  # really two processes
 
     spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
     train = importlib.util.module_from_spec(spec)
@@ -94,3 +98,30 @@ def test_deepspeed_zero2_single_process_matches_plain(tmp_path):
     for x, y in zip(metrics(plain), metrics(ds), strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
     assert (ds / "checkpoint-4" / "accelerate_state").is_dir()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed not installed (extra)"
+)
+def test_deepspeed_zero3_lora_trains_and_its_checkpoint_evaluates(tmp_path):
+    """ZeRO-3 with LoRA (one CPU process): the logits path, the reference pass after prepare,
+    a checkpoint with weights.pt that `python -m symmpo.evaluate` reads."""
+    config = tmp_path / "zero3.yaml"
+    config.write_text(
+        (ROOT / "configs" / "zero3.yaml").read_text()
+        .replace("configs/ds_zero3.json", str(ROOT / "configs" / "ds_zero3.json"))
+        .replace("num_processes: 4", "num_processes: 1").replace("use_cpu: false", "use_cpu: true")
+    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = tmp_path / "z3"
+    args = ["--n_train", "16", "--heldout", "4", "--batch_size", "4", "--max_steps", "2",
+            "--eval_generate", "1", "--lora", "--lora_r", "4", "--lora_alpha", "8"]  # fmt: skip
+    launch = ["accelerate", "launch", "--config_file", str(config), str(ROOT / "train.py")]
+    proc = subprocess.run([*launch, *args, "--output_dir", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    evaluated = subprocess.run([sys.executable, "-m", "symmpo.evaluate", "--checkpoint",
+                                str(out / "checkpoint-2")], cwd=ROOT, env=env,
+                               capture_output=True, text=True)  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-4000:]
+    assert "logp_accuracy" in evaluated.stdout

@@ -203,3 +203,14 @@ def test_int64_row_offsets_path_gives_the_same_results(monkeypatch):
     wide_grad = logprobs_backward(logits, labels, wide_lse, torch.ones(5))
     torch.testing.assert_close(wide_sums, sums, rtol=0, atol=1e-6)
     torch.testing.assert_close(wide_grad, grad, rtol=0, atol=0)
+
+
+def test_masked_first_block_then_very_negative_logits():
+    """-inf block first, then logits far below -88 (exp of their max would underflow/overflow)."""
+    logits = -110 + 10 * torch.rand(5, 4, 64)
+    logits[..., :32] = float("-inf")
+    labels = torch.full((5, 4), 40)
+    labels[:, 0] = -100
+    sums, _, lse = logprobs_forward(logits, labels, block_v=32)
+    torch.testing.assert_close(sums, reference.sequence_logps(logits, labels))
+    assert torch.isfinite(lse).all()

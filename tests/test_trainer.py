@@ -168,11 +168,15 @@ def test_train_runs_logs_checkpoints_and_resumes_exactly(tmp_path):
     part = tmp_path / "part"
     shutil.copytree(tmp_path / "full", part, ignore=shutil.ignore_patterns("checkpoint-6"))
     resumed = train.main([*SMALL, "--output_dir", str(part), "--max_steps", "6",
-                          "--save_steps", "3", "--resume"])  # fmt: skip
+                          "--save_steps", "3", "--logging_steps", "1", "--resume"])  # fmt: skip
     expected = [r["loss"] for r in full["history"][3:]]
     got = [r["loss"] for r in resumed["history"]]
     assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
     assert [r["step"] for r in resumed["history"]] == [4, 5, 6]
+    logged = [json.loads(line)["step"] for line in (part / "metrics.jsonl").open()]
+    assert logged == [1, 2, 3, 4, 5, 6]  # the interrupted run's steps 4-6 are not doubled
+    evals = [json.loads(line)["step"] for line in (part / "eval.jsonl").open()]
+    assert evals == sorted(set(evals))
 
 
 def test_released_parquet_layout_trains_two_steps(tmp_path):

@@ -4,7 +4,8 @@
 the whole model), ``optimizer.pt``, ``scheduler.pt``, ``rng_rank<r>.pt`` per process (Python,
 NumPy, torch and CUDA generator states) and ``trainer_state.json`` (step, data position, the
 run's arguments). Under DeepSpeed, whose optimizer state is partitioned, accelerate's
-``save_state`` writes the model and optimizer part instead. A folder of that name exists only
+``save_state`` writes the model and optimizer for resuming, and ``weights.pt`` holds the
+gathered trainable parameters for evaluation. A folder of that name exists only
 once complete; the last ``keep`` are kept.
 """
 
@@ -46,8 +47,9 @@ def rng_state() -> dict:
 
 
 def save_checkpoint(
-    output_dir, step: int, model, optimizer, scheduler, state: dict, keep: int, accelerator=None
-):
+    output_dir, step: int, model, optimizer, scheduler, state: dict, keep: int,
+    accelerator=None, engine=None,
+):  # fmt: skip
     acc = accelerator or _SingleProcess()
     output_dir = pathlib.Path(output_dir)
     final = output_dir / f"{PREFIX}{step}"
@@ -59,6 +61,13 @@ def save_checkpoint(
     torch.save(rng_state(), tmp / f"rng_rank{acc.process_index}.pt")
     if _uses_deepspeed(acc):
         acc.save_state(str(tmp / "accelerate_state"))
+        # weights.pt too, for `python -m symmpo.evaluate`: the engine's (gathered) state dict,
+        # trainable entries only (collective under ZeRO-3: every process calls it).
+        full = acc.get_state_dict(engine)
+        if acc.is_main_process:
+            names = [n for n, p in model.named_parameters() if p.requires_grad]
+            prefix = "model." if names and f"model.{names[0]}" in full else ""
+            torch.save({n: full[prefix + n].cpu() for n in names}, tmp / "weights.pt")
     elif acc.is_main_process:
         torch.save(trainable_state(model), tmp / "weights.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -114,6 +123,8 @@ def load_checkpoint(path, model, optimizer, scheduler, rank: int = 0, accelerato
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
     rng_file = path / f"rng_rank{rank}.pt"
+    if not rng_file.exists():  # resumed with more processes than saved: rank 0's states
+        rng_file = path / "rng_rank0.pt"
     rng = torch.load(rng_file, map_location="cpu", weights_only=False)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])

@@ -137,9 +137,22 @@ def _parse_logps(value, idx):
     return flat
 
 
-def load_records(source: str | None) -> list[PreferenceRecord]:
-    """Records from a parquet file or folder, a .jsonl file, or (None) nothing: callers use
-    the embedded synthetic set then. Rows are checked field by field (BadRecord)."""
+def load_records(source: str, skip_bad: bool = False):
+    """(records, skipped) from a parquet file or folder or a .jsonl file. Rows are checked
+    field by field: a bad one raises BadRecord, or with ``skip_bad`` is counted in skipped."""
+    rows, base = _read_rows(source)
+    records, skipped = [], []
+    for row in rows:
+        try:
+            records.append(record_from_row(row, base))
+        except BadRecord as error:
+            if not skip_bad:
+                raise
+            skipped.append(error)
+    return records, skipped
+
+
+def _read_rows(source: str) -> tuple[list[dict], pathlib.Path]:
     path = pathlib.Path(source)
     if not path.exists():
         raise FileNotFoundError(f"--data {source}: no such file or folder")
@@ -147,21 +160,19 @@ def load_records(source: str | None) -> list[PreferenceRecord]:
         files = sorted(path.rglob("*.parquet"))
         if not files:
             raise FileNotFoundError(f"--data {source}: the folder holds no .parquet file")
-        rows = [row for f in files for row in _parquet_rows(f)]
-        return [record_from_row(row, path) for row in rows]
+        return [row for f in files for row in _parquet_rows(f)], path
     if path.suffix == ".parquet":
-        return [record_from_row(row, path.parent) for row in _parquet_rows(path)]
+        return _parquet_rows(path), path.parent
     if path.suffix in (".jsonl", ".json"):
-        records = []
+        rows = []
         with path.open(encoding="utf-8") as f:
             for line_number, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        row = json.loads(line)
+                        rows.append(json.loads(line))
                     except json.JSONDecodeError as error:
                         raise ValueError(f"{path}:{line_number}: not JSON ({error})") from error
-                    records.append(record_from_row(row, path.parent))
-        return records
+        return rows, path.parent
     raise ValueError(f"--data {source}: expected a .parquet file or folder, or a .jsonl file")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pathlib
 
 import torch
@@ -52,12 +53,8 @@ class ReferenceCache:
         todo = self.missing(records)
         if not todo:
             return 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         kinds = len(collator.sequences)
-        torn = self.path.exists() and self.path.stat().st_size > 0 and not self._ends_with_newline()
-        with self.path.open("a", encoding="utf-8") as f:
-            if torn:
-                f.write("\n")  # close a line torn by an interruption before appending
+        with self._append() as f:
             for start in tqdm(range(0, len(todo), batch_size), desc="reference log-probs"):
                 chunk = todo[start : start + batch_size]
                 logps = score(collator(chunk)).float().cpu().view(kinds, len(chunk))
@@ -75,15 +72,26 @@ class ReferenceCache:
         if world == 1:
             return self.fill(records, collator, score, batch_size)
         todo = self.missing(records)
+        share = todo[rank::world]
+        # Every process runs the same number of forward passes (ZeRO-3 gathers parameters
+        # collectively in each): padding passes re-score a record and discard it.
+        passes = math.ceil(math.ceil(len(todo) / world) / batch_size)
         part = ReferenceCache(self.path.parent, self.key + f".rank{rank}-of-{world}")
-        part.fill(todo[rank::world], collator, score, batch_size)
+        remaining = part.missing(share)
+        kinds = len(collator.sequences)
+        with part._append() as f:
+            for i in range(passes):
+                chunk = remaining[i * batch_size : (i + 1) * batch_size]
+                if not chunk:
+                    score(collator(todo[:1]))  # padding pass
+                    continue
+                logps = score(collator(chunk)).float().cpu().view(kinds, len(chunk))
+                for j, record in enumerate(chunk):
+                    f.write(json.dumps({"idx": record.idx, "logps": logps[:, j].tolist()}) + "\n")
+                f.flush()
         barrier()
         if rank == 0:
-            torn = self.path.exists() and self.path.stat().st_size > 0
-            torn = torn and not self._ends_with_newline()
-            with self.path.open("a", encoding="utf-8") as f:
-                if torn:
-                    f.write("\n")
+            with self._append() as f:
                 for r in range(world):
                     piece = ReferenceCache(self.path.parent, self.key + f".rank{r}-of-{world}")
                     for idx, values in piece.values.items():
@@ -99,10 +107,18 @@ class ReferenceCache:
             )
         return len(todo)
 
-    def _ends_with_newline(self) -> bool:
-        with self.path.open("rb") as f:
-            f.seek(-1, 2)
-            return f.read(1) == b"\n"
+    def _append(self):
+        """The cache file opened for appending, a line torn by an interruption closed first."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = False
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with self.path.open("rb") as f:
+                f.seek(-1, 2)
+                torn = f.read(1) != b"\n"
+        handle = self.path.open("a", encoding="utf-8")
+        if torn:
+            handle.write("\n")
+        return handle
 
     def lookup(self, idx_list) -> torch.Tensor:
         """(K*B,) kind-major reference log-probs of a batch's records."""

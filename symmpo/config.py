@@ -63,6 +63,15 @@ class SymMPOConfig:
         """The temperature of the contrastive image's anchor (beta when beta_contrast is None)."""
         return self.beta if self.beta_contrast is None else self.beta_contrast
 
+    @property
+    def kernel_weights(self) -> tuple[float, float, float, float, float, float]:
+        """(beta, beta_contrast, pair_weight, margin_weight, anchor_weight, delta): the scalar
+        arguments of the terms kernel, in its order."""
+        return (
+            self.beta, self.contrast_beta, self.pair_weight,
+            self.margin_weight, self.anchor_weight, self.delta,
+        )  # fmt: skip
+
     def replace(self, **overrides) -> SymMPOConfig:
         """A copy with some fields changed; an unknown name raises TypeError naming it."""
         known = {f.name for f in dataclasses.fields(self)}

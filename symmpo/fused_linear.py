@@ -37,12 +37,11 @@ from .config import SymMPOConfig, resolve_config
 from .implementations import _kernels, resolve_impl
 from .output import SymMPOOutput, build_symmpo_output
 from .validation import (
-    FLOAT_DTYPES,
     check_labels,
     check_logps,
     check_same_device,
+    check_sequences,
     check_values,
-    flatten_kinds,
     require_tensor,
 )
 
@@ -85,7 +84,7 @@ def symmpo_loss_from_hidden(
     computed during the forward pass (see the module docstring).
     """
     config = resolve_config(config, overrides)
-    hidden = _check_hidden("hidden", hidden)
+    hidden = check_sequences("hidden", hidden, feature="H")
     rows, seq_len, hidden_size = hidden.shape
     weight = _check_weight("weight", weight, hidden)
     vocab = weight.shape[0]
@@ -97,7 +96,7 @@ def symmpo_loss_from_hidden(
             "shaped like hidden"
         )
     if ref_hidden is not None:
-        ref_hidden = _check_hidden("ref_hidden", ref_hidden)
+        ref_hidden = check_sequences("ref_hidden", ref_hidden, feature="H")
         if ref_hidden.shape != hidden.shape:
             raise ValueError(
                 f"ref_hidden of shape {tuple(ref_hidden.shape)} must match hidden, "
@@ -161,7 +160,7 @@ def sequence_logps_from_hidden(
     backward (the loss is unknown here, so the in-forward gradient of
     ``symmpo_loss_from_hidden`` is not available); their gradient is written over them.
     """
-    hidden = _check_hidden("hidden", hidden, kind_major=False)
+    hidden = check_sequences("hidden", hidden, kind_major=False, feature="H")
     rows, seq_len, _ = hidden.shape
     weight = _check_weight("weight", weight, hidden)
     bias = _check_bias("bias", bias, weight)
@@ -418,7 +417,7 @@ class _TritonChunkOps:
 
     @staticmethod
     def terms(policy, ref, config, grad_scale):
-        return _kernels().symmpo_terms_forward(policy, ref, _weights(config), grad_scale)
+        return _kernels().symmpo_terms_forward(policy, ref, config.kernel_weights, grad_scale)
 
 
 class _TorchChunkOps:
@@ -462,26 +461,9 @@ def _chunk_ops(impl: str):
     return _TritonChunkOps if impl == "triton" else _TorchChunkOps
 
 
-def _weights(config: SymMPOConfig) -> tuple:
-    return (
-        config.beta, config.contrast_beta, config.pair_weight,
-        config.margin_weight, config.anchor_weight, config.delta,
-    )  # fmt: skip
-
-
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
-
-
-def _check_hidden(name: str, hidden, kind_major: bool = True) -> torch.Tensor:
-    require_tensor(name, hidden)
-    if hidden.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {hidden.dtype}")
-    hidden = flatten_kinds(name, hidden, trailing=2, kind_major=kind_major)
-    if hidden.shape[1] == 0 or hidden.shape[2] == 0:
-        raise ValueError(f"{name} of shape {tuple(hidden.shape)} has an empty T or H dimension")
-    return hidden
 
 
 def _check_weight(name: str, weight, hidden: torch.Tensor) -> torch.Tensor:

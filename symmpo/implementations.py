@@ -55,19 +55,11 @@ def fused_symmpo(
     inplace_grad: bool,
 ):
     """The Triton path: (loss, policy (5B,), per-example (B,), terms (4, B), z (3, B))."""
-    weights = (
-        config.beta,
-        config.contrast_beta,
-        config.pair_weight,
-        config.margin_weight,
-        config.anchor_weight,
-        config.delta,
-    )
     return _kernels().FusedSymMPOLoss.apply(
         logits,
         labels,
         ref_logps.detach().float().reshape(-1),
-        weights,
+        config.kernel_weights,
         config.average_log_prob,
         config.ignore_index,
         inplace_grad,

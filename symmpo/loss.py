@@ -10,9 +10,9 @@ from .implementations import fused_symmpo, resolve_impl, score_reference, score_
 from .output import PreferenceOutput, SymMPOOutput, build_symmpo_output
 from .validation import (
     check_labels,
-    check_logits,
     check_logps,
     check_same_device,
+    check_sequences,
     check_values,
 )
 
@@ -34,7 +34,7 @@ def sequence_logps(
     integer aligned with input_ids (``ignore_index`` marks non-targets) -> (N,) float32.
     ``inplace_grad`` (Triton only; see ``symmpo_loss``) writes the gradient into ``logits``.
     """
-    logits = check_logits("logits", logits, kind_major=False)
+    logits = check_sequences("logits", logits, kind_major=False)
     rows, seq_len, vocab = logits.shape
     labels = check_labels(labels, rows, seq_len, vocab, ignore_index, kind_major=False)
     check_same_device(logits=logits, labels=labels)
@@ -78,7 +78,7 @@ def symmpo_loss(
     Returns a SymMPOOutput whose ``loss`` is the differentiable batch mean.
     """
     config = resolve_config(config, overrides)
-    logits = check_logits("logits", logits)
+    logits = check_sequences("logits", logits)
     rows, seq_len, vocab = logits.shape
     labels = check_labels(labels, rows, seq_len, vocab, config.ignore_index)
     if (ref_logps is None) == (ref_logits is None):
@@ -88,7 +88,7 @@ def symmpo_loss(
             f"ref_logits={_describe(ref_logits)}"
         )
     if ref_logits is not None:
-        ref_logits = check_logits("ref_logits", ref_logits)
+        ref_logits = check_sequences("ref_logits", ref_logits)
         if ref_logits.shape != logits.shape:
             raise ValueError(
                 f"ref_logits of shape {tuple(ref_logits.shape)} must match logits, "

@@ -51,15 +51,18 @@ def flatten_kinds(
     return tensor
 
 
-def check_logits(name: str, logits, kind_major: bool = True) -> torch.Tensor:
-    """(5B, T, V) or (5, B, T, V) floating logits -> the (5B, T, V) view."""
-    require_tensor(name, logits)
-    if logits.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {logits.dtype}")
-    logits = flatten_kinds(name, logits, trailing=2, kind_major=kind_major)
-    if logits.shape[1] == 0 or logits.shape[2] == 0:
-        raise ValueError(f"{name} of shape {tuple(logits.shape)} has an empty T or V dimension")
-    return logits
+def check_sequences(name: str, tensor, kind_major: bool = True, feature: str = "V") -> torch.Tensor:
+    """(5B, T, F) or (5, B, T, F) floating per-position tensor (logits: F = V, hidden states:
+    F = H) -> the (5B, T, F) view."""
+    require_tensor(name, tensor)
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {tensor.dtype}")
+    tensor = flatten_kinds(name, tensor, trailing=2, kind_major=kind_major)
+    if tensor.shape[1] == 0 or tensor.shape[2] == 0:
+        raise ValueError(
+            f"{name} of shape {tuple(tensor.shape)} has an empty T or {feature} dimension"
+        )
+    return tensor
 
 
 def check_labels(

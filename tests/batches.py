@@ -32,3 +32,15 @@ def make_batch(batch=2, seq_len=6, vocab=11, dtype=torch.float32, scale=2.0, see
     labels = make_labels(rows, seq_len, vocab, gen)
     ref_logps = -3.0 * torch.rand(rows, generator=gen) * (labels[:, 1:] != -100).sum(-1)
     return logits, labels, ref_logps
+
+
+#: Non-default SymMPO weights used by the tests that compare against the SPEC.md transcription.
+NON_DEFAULT_WEIGHTS = dict(
+    beta=0.25, beta_contrast=0.15, pair_weight=0.8, margin_weight=0.01, anchor_weight=0.3, delta=0.2
+)
+WEIGHT_NAMES = ("beta", "beta_contrast", "pair_weight", "margin_weight", "anchor_weight", "delta")
+
+
+def weights_of(config) -> dict:
+    """A SymMPOConfig's loss weights as keyword arguments (beta_contrast resolved)."""
+    return dict(zip(WEIGHT_NAMES, config.kernel_weights, strict=True))

@@ -16,6 +16,23 @@ COMMON = ["--n_train", "32", "--heldout", "8", "--batch_size", "4", "--global_ba
           "100", "--lr_scheduler_type", "constant", "--warmup_ratio", "0"]  # fmt: skip
 
 
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed not installed (extra)"
+)
+
+
+def one_cpu_process_config(folder, name: str) -> pathlib.Path:
+    """configs/<name>.yaml rewritten for one CPU process (accelerate cannot start several
+    DeepSpeed processes on a machine without GPUs), with an absolute DeepSpeed JSON path."""
+    config = folder / f"{name}.yaml"
+    config.write_text(
+        (ROOT / "configs" / f"{name}.yaml").read_text()
+        .replace(f"configs/ds_{name}.json", str(ROOT / "configs" / f"ds_{name}.json"))
+        .replace("num_processes: 4", "num_processes: 1").replace("use_cpu: false", "use_cpu: true")
+    )  # fmt: skip
+    return config
+
+
 def metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").open()]
 
@@ -73,18 +90,11 @@ def test_liger_flag_needs_cuda(tmp_path):
         train.main(["--liger", "--n_train", "8", "--heldout", "4", "--output_dir", str(tmp_path)])
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed not installed (extra)"
-)
+@needs_deepspeed
 def test_deepspeed_zero2_single_process_matches_plain(tmp_path):
     """ZeRO-2 through accelerate (one CPU process: accelerate cannot start several DeepSpeed
     processes on the CPU) gives the plain run's losses; checkpoints go through save_state."""
-    config = tmp_path / "zero2.yaml"
-    config.write_text(
-        (ROOT / "configs" / "zero2.yaml").read_text()
-        .replace("configs/ds_zero2.json", str(ROOT / "configs" / "ds_zero2.json"))
-        .replace("num_processes: 4", "num_processes: 1").replace("use_cpu: false", "use_cpu: true")
-    )  # fmt: skip
+    config = one_cpu_process_config(tmp_path, "zero2")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     args = [*COMMON, "--save_steps", "2"]
     ds = tmp_path / "ds"
@@ -100,18 +110,11 @@ def test_deepspeed_zero2_single_process_matches_plain(tmp_path):
     assert (ds / "checkpoint-4" / "accelerate_state").is_dir()
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed not installed (extra)"
-)
+@needs_deepspeed
 def test_deepspeed_zero3_lora_trains_and_its_checkpoint_evaluates(tmp_path):
     """ZeRO-3 with LoRA (one CPU process): the logits path, the reference pass after prepare,
     a checkpoint with weights.pt that `python -m symmpo.evaluate` reads."""
-    config = tmp_path / "zero3.yaml"
-    config.write_text(
-        (ROOT / "configs" / "zero3.yaml").read_text()
-        .replace("configs/ds_zero3.json", str(ROOT / "configs" / "ds_zero3.json"))
-        .replace("num_processes: 4", "num_processes: 1").replace("use_cpu: false", "use_cpu: true")
-    )  # fmt: skip
+    config = one_cpu_process_config(tmp_path, "zero3")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     out = tmp_path / "z3"
     args = ["--n_train", "16", "--heldout", "4", "--batch_size", "4", "--max_steps", "2",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import spec_oracle
 import torch
-from batches import make_batch
+from batches import NON_DEFAULT_WEIGHTS, make_batch, weights_of
 from kernel_helpers import assert_error_within, poisoned_allocations
 
 from symmpo import SymMPOConfig, reference, symmpo_loss
@@ -12,20 +12,9 @@ from symmpo_kernels import symmpo_terms_forward
 
 CONFIGS = [
     SymMPOConfig(),
-    SymMPOConfig(
-        beta=0.25,
-        beta_contrast=0.15,
-        pair_weight=0.8,
-        margin_weight=0.01,
-        anchor_weight=0.3,
-        delta=0.2,
-    ),
+    SymMPOConfig(**NON_DEFAULT_WEIGHTS),
     SymMPOConfig(pair_weight=0.0, margin_weight=0.0, anchor_weight=0.0),
 ]
-
-
-def _weights(c):
-    return (c.beta, c.contrast_beta, c.pair_weight, c.margin_weight, c.anchor_weight, c.delta)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -35,7 +24,9 @@ def test_terms_kernel_matches_float64(monkeypatch, config, batch):
     ref = torch.randn(5, batch, dtype=torch.float64) * 20
     policy[:, 0] = torch.tensor([400.0, -400.0, 300.0, -300.0, 500.0], dtype=torch.float64)
     with poisoned_allocations(monkeypatch):
-        loss, terms, z, grad = symmpo_terms_forward(policy.float(), ref.float(), _weights(config))
+        loss, terms, z, grad = symmpo_terms_forward(
+            policy.float(), ref.float(), config.kernel_weights
+        )
     p = policy.float().double().requires_grad_(True)  # the float32 inputs, exactly
     exact = reference.symmpo_terms(p, ref.float().double(), config)
     exact.loss.mean().backward()
@@ -48,17 +39,7 @@ def test_terms_kernel_matches_float64(monkeypatch, config, batch):
     _, g_spec = spec_oracle.symmpo(
         p.detach().numpy(),
         ref.float().double().numpy(),
-        **{
-            k: getattr(config, k)
-            for k in (
-                "beta",
-                "beta_contrast",
-                "pair_weight",
-                "margin_weight",
-                "anchor_weight",
-                "delta",
-            )
-        },
+        **weights_of(config),
     )
     np.testing.assert_allclose(grad.double().numpy(), g_spec, rtol=1e-5, atol=1e-7)
 
@@ -71,10 +52,7 @@ def test_fused_loss_matches_spec_fp32(monkeypatch, average, config):
     with poisoned_allocations(monkeypatch):
         out = symmpo_loss(x, labels, ref, config=config, impl="triton", average_log_prob=average)
         out.loss.backward()
-    weights = {
-        k: getattr(config, k)
-        for k in ("beta", "beta_contrast", "pair_weight", "margin_weight", "anchor_weight", "delta")
-    }
+    weights = weights_of(config)
     loss64, grad64 = spec_oracle.symmpo_from_logits(
         logits.numpy(), labels.numpy(), ref.numpy(), average=average, **weights
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import spec_oracle
 import torch
-from batches import make_batch
+from batches import NON_DEFAULT_WEIGHTS, make_batch
 
 from symmpo import SymMPOConfig, reference, symmpo_loss, symmpo_loss_from_logps
 
@@ -75,20 +75,17 @@ def test_shift_is_a_view_and_input_untouched():
     assert torch.equal(before, logits)
 
 
-WEIGHTS = dict(
-    beta=0.25, beta_contrast=0.15, pair_weight=0.8, margin_weight=0.01, anchor_weight=0.3, delta=0.2
-)
-
-
 @pytest.mark.parametrize("average", [False, True])
 def test_matches_float64_spec_transcription(average):
     """Loss and logits gradient of impl='torch' in fp32 match SPEC.md in float64 to 1e-5."""
     logits, labels, ref = make_batch(batch=3, seq_len=7, vocab=13, scale=3.0, seed=1)
     logits.requires_grad_(True)
-    out = symmpo_loss(logits, labels, ref, impl="torch", average_log_prob=average, **WEIGHTS)
+    out = symmpo_loss(
+        logits, labels, ref, impl="torch", average_log_prob=average, **NON_DEFAULT_WEIGHTS
+    )
     out.loss.backward()
     loss64, grad64 = spec_oracle.symmpo_from_logits(
-        logits.detach().numpy(), labels.numpy(), ref.numpy(), average=average, **WEIGHTS
+        logits.detach().numpy(), labels.numpy(), ref.numpy(), average=average, **NON_DEFAULT_WEIGHTS
     )
     assert abs(out.loss.item() - loss64) <= 1e-5 * max(1.0, abs(loss64))
     err = np.abs(logits.grad.numpy() - grad64).max()

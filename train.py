@@ -18,6 +18,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import pathlib
 import random
 import resource
@@ -110,9 +111,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and not torch.cuda.is_available():
+        # DeepSpeed without GPUs (its CPU accelerator): accelerate picks no backend for it and
+        # would count one process however many were launched; name gloo.
+        PartialState(backend="gloo")
     accelerator = Accelerator(
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
     )
@@ -164,9 +169,6 @@ def main(argv=None) -> dict:
     model, tokenizer, image_processor, model_identity = build_policy(
         args.model_name_or_path, args.seed, device, use_bf16 and args.lora
     )
-    if deepspeed is not None:
-        # DeepSpeed's partitioned init draws a random model differently: keep caches apart.
-        model_identity["deepspeed_zero_stage"] = deepspeed.zero_stage
     if deepspeed is not None:  # the "auto" sizes accelerate would read off model.config
         hidden = model.config.text_config.hidden_size
         zero = deepspeed.deepspeed_config.setdefault("zero_optimization", {})

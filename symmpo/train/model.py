@@ -4,6 +4,7 @@ and the naive forward: one language-model pass over all K*B sequences, each imag
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import torch
@@ -19,6 +20,25 @@ def attention_implementation(device: torch.device) -> str:
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+@contextlib.contextmanager
+def whole_model_init():
+    """Build a model whole even when DeepSpeed ZeRO-3 is configured.
+
+    Under ZeRO-3 transformers builds each sub-model of a LLaVA under ``deepspeed.zero.Init``;
+    the composite's weight init then indexes a partitioned (empty) embedding, an IndexError with
+    two or more processes. A small model built whole draws the same weights as without DeepSpeed,
+    and the engine partitions it when it wraps it.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def tiny_llava(tokenizer, image_size: int = 64, patch_size: int = 16, seed: int = 0):
@@ -48,7 +68,8 @@ def tiny_llava(tokenizer, image_size: int = 64, patch_size: int = 16, seed: int 
         vision_feature_layer=-1,
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
+    with whole_model_init():
+        model = LlavaForConditionalGeneration(config)
     try:  # transformers >= 5.2x: the PIL backend by name (no torchvision needed)
         from transformers import CLIPImageProcessorPil as CLIPImageProcessor
     except ImportError:

@@ -173,3 +173,43 @@ def test_shared_prefix_forward_matches_naive_on_cuda():
     naive = score_batch(model, batch, average=False, forward=naive_forward)
     shared = score_batch(model, batch, average=False, forward=shared_forward)
     torch.testing.assert_close(shared, naive, rtol=1e-4, atol=1e-3)
+
+
+def test_liger_patches_keep_the_model_numerics():
+    """--liger on CUDA: the tiny model with Liger's RMSNorm/SwiGLU/RoPE gives the unpatched
+    model's log-probs and LoRA-free parameter gradients within float32 kernel rounding."""
+    import copy
+
+    pytest.importorskip("liger_kernel")
+    from transformers.models.llama import modeling_llama
+
+    from symmpo.train.model import patch_with_liger, tiny_llava
+    from symmpo.train.tokenizer import build_tokenizer
+
+    saved = dict(vars(modeling_llama))
+    try:
+        torch.manual_seed(0)
+        model, _ = tiny_llava(build_tokenizer())
+        model = model.cuda().float()
+        patched = copy.deepcopy(model)
+        patch_with_liger(patched)
+        cfg = model.config
+        side = cfg.vision_config.image_size
+        n_image = (side // cfg.vision_config.patch_size) ** 2
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        ids = torch.randint(5, 200, (3, 40), device="cuda", generator=gen)
+        ids[:, 1 : 1 + n_image] = cfg.image_token_id
+        pixels = torch.randn(3, 3, side, side, device="cuda", generator=gen)
+        labels = ids.clone()
+        labels[:, : 1 + n_image] = -100
+        outputs = []
+        for m in (model, patched):
+            logps = sequence_logps(m(input_ids=ids, pixel_values=pixels).logits, labels)
+            logps.sum().backward()
+            outputs.append((logps, m.model.language_model.layers[0].mlp.up_proj.weight.grad))
+        (a, grad_a), (b, grad_b) = outputs
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(grad_b, grad_a, rtol=1e-3, atol=1e-4)
+    finally:
+        for name, value in saved.items():
+            setattr(modeling_llama, name, value)

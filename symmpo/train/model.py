@@ -120,6 +120,13 @@ def apply_liger(model, device) -> None:
     if device.type != "cuda":
         raise RuntimeError("--liger patches the model with Liger-Kernel's Triton kernels, which "
                            "need a CUDA device; run without --liger on the CPU")  # fmt: skip
+    patch_with_liger(model)
+
+
+def patch_with_liger(model) -> None:
+    """The patches themselves, whatever the device: each RMSNorm and MLP of the language model
+    gets Liger's forward, and transformers' Llama module its RoPE function and RMSNorm class
+    (process-wide, as Liger does). The vision tower and the projector are left alone."""
     from liger_kernel.transformers import apply_liger_kernel_to_llava
 
     apply_liger_kernel_to_llava(

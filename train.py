@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     # bf16 weights only under LoRA (the frozen base); full fine-tuning keeps float32 weights
     # under bf16 autocast: AdamW steps of lr 5e-6 vanish below a bf16 weight's rounding.
     model, tokenizer, image_processor, model_identity = build_policy(
-        args.model_name_or_path, args.seed, device, use_bf16 and args.lora
+        args.model_name_or_path, args.seed, device, use_bf16 and args.lora, args.forward == "shared"
     )
     if deepspeed is not None:  # the "auto" sizes accelerate would read off model.config
         hidden = model.config.text_config.hidden_size

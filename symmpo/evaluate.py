@@ -384,14 +384,16 @@ def evaluate_checkpoint(checkpoint):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     use_bf16 = device.type == "cuda" and not run.no_bf16
     bf16_weights = use_bf16 and run.lora  # as in training: full fine-tuning keeps fp32 weights
+    shared = run.forward == "shared"
     model, tokenizer, processor, _ = build_policy(
-        run.model_name_or_path, run.seed, device, bf16_weights
+        run.model_name_or_path, run.seed, device, bf16_weights, shared
     )
     reference = None
     if run.lora:
         model = add_lora(model, run.lora_r, run.lora_alpha, run.lora_dropout)
     else:
-        reference = build_policy(run.model_name_or_path, run.seed, device, bf16_weights)[0].eval()
+        reference, *_ = build_policy(run.model_name_or_path, run.seed, device, bf16_weights, shared)
+        reference.eval()
     load_weights(checkpoint, model)
     if run.data is None:
         from .train.synthetic import synthetic_splits

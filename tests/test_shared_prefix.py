@@ -90,3 +90,24 @@ def test_one_train_step_naive_vs_shared(tmp_path, extra):
     naive, shared = runs["naive"]["history"][0], runs["shared"]["history"][0]
     assert abs(shared["loss"] - naive["loss"]) <= 1e-4 * abs(naive["loss"])
     assert abs(shared["grad_norm"] - naive["grad_norm"]) <= 1e-3 * naive["grad_norm"]
+
+
+def test_flash_attn_installed_keeps_sdpa_for_the_shared_language_model(monkeypatch):
+    """With flash-attn on CUDA, --forward shared loads the language model with sdpa (its 4-D
+    mask) and the vision tower with flash-attention; other runs use flash-attention."""
+    import importlib.util
+
+    from symmpo.train import model as model_module
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        model_module.importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a),
+    )
+    assert model_module.attention_implementation(cuda) == "flash_attention_2"
+    assert model_module.attention_implementation(cuda, shared_prefix=True) == {
+        "text_config": "sdpa", "vision_config": "flash_attention_2"
+    }  # fmt: skip
+    assert model_module.attention_implementation(cpu, shared_prefix=True) == "sdpa"

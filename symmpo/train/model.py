@@ -15,11 +15,17 @@ LORA_PRESET = dict(r=128, alpha=256, dropout=0.05)
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
-def attention_implementation(device: torch.device) -> str:
-    """flash_attention_2 when flash-attn imports on CUDA, else PyTorch's sdpa."""
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+def attention_implementation(device: torch.device, shared_prefix: bool = False) -> str | dict:
+    """flash_attention_2 when flash-attn imports on CUDA, else PyTorch's sdpa.
+
+    The shared-prefix forward needs an attention that takes its 4-D mask: with flash-attn
+    installed, the vision tower keeps flash-attention and the language model gets sdpa.
+    """
+    if device.type != "cuda" or importlib.util.find_spec("flash_attn") is None:
+        return "sdpa"
+    if shared_prefix:
+        return {"text_config": "sdpa", "vision_config": "flash_attention_2"}
+    return "flash_attention_2"
 
 
 @contextlib.contextmanager
@@ -80,9 +86,11 @@ def tiny_llava(tokenizer, image_size: int = 64, patch_size: int = 16, seed: int 
     return model, processor
 
 
-def load_llava(name_or_path: str, dtype: torch.dtype, device: torch.device):
+def load_llava(
+    name_or_path: str, dtype: torch.dtype, device: torch.device, shared_prefix: bool = False
+):
     """(model, tokenizer, image_processor) from a local folder or an already cached hub name;
-    nothing is downloaded."""
+    nothing is downloaded. ``shared_prefix``: the model will run the shared-prefix forward."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=True)
@@ -90,12 +98,14 @@ def load_llava(name_or_path: str, dtype: torch.dtype, device: torch.device):
         name_or_path,
         dtype=dtype,
         local_files_only=True,
-        attn_implementation=attention_implementation(device),
+        attn_implementation=attention_implementation(device, shared_prefix),
     )
     return model, processor.tokenizer, processor.image_processor
 
 
-def build_policy(model_name_or_path: str | None, seed: int, device, use_bf16: bool):
+def build_policy(
+    model_name_or_path: str | None, seed: int, device, use_bf16: bool, shared_prefix: bool = False
+):
     """(model, tokenizer, image_processor, identity): the tiny default built from a config when
     ``model_name_or_path`` is None, else a LLaVA checkpoint. ``identity`` enters the reference
     cache's fingerprint."""
@@ -107,7 +117,9 @@ def build_policy(model_name_or_path: str | None, seed: int, device, use_bf16: bo
         identity = {"tiny": seed, "config": model.config.to_json_string()}
     else:
         dtype = torch.bfloat16 if use_bf16 else torch.float32
-        model, tokenizer, image_processor = load_llava(model_name_or_path, dtype, device)
+        model, tokenizer, image_processor = load_llava(
+            model_name_or_path, dtype, device, shared_prefix
+        )
         identity = {"path": model_name_or_path, "config": model.config.to_json_string()}
     return model.to(device), tokenizer, image_processor, identity
 

@@ -13,7 +13,8 @@ predicts the first answer token and is shared, exactly as in the full sequence.
 Gradients flow into the prefix (it is an ordinary part of the graph). No KV cache is involved,
 so gradient checkpointing works as for any forward. The mask is additive (0 or the dtype's
 minimum), which sdpa and eager attention take; flash-attention cannot take an arbitrary mask,
-so this forward refuses it.
+so this forward refuses a language model loaded with it (the trainer loads the language model
+with sdpa and keeps flash-attention for the vision tower when flash-attn is installed).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def shared_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     attn = getattr(llava.config.text_config, "_attn_implementation", None)
     if attn is not None and "flash" in attn:
         raise ValueError(
-            "--forward shared needs an attention that takes a 4-D mask (sdpa or eager); "
-            f"the model uses {attn}"
+            "the shared-prefix forward needs a language-model attention that takes a 4-D mask "
+            f"(sdpa or eager); the model uses {attn}: load it with attn_implementation="
+            '{"text_config": "sdpa", "vision_config": "flash_attention_2"}'
         )
     packed = batch["shared"]
     device = llava.lm_head.weight.device

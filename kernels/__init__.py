@@ -5,17 +5,28 @@ Set TRITON_INTERPRET=1 before importing this package to run the kernels on CPU t
 
 from .launch import block_config, check_launchable, interpreter_enabled
 from .logprobs import SequenceLogps, logprobs_backward, logprobs_forward
-from .symmpo_terms import FusedSymMPOLoss, symmpo_terms_forward
+from .symmpo_terms import (
+    FLAG_NAMES,
+    SUMMARY_NAMES,
+    FusedSymMPOLoss,
+    TermsResult,
+    symmpo_terms,
+    symmpo_terms_forward,
+)
 from .token_logprobs import token_logprobs_backward, token_logprobs_forward
 
 __all__ = [
+    "FLAG_NAMES",
+    "SUMMARY_NAMES",
     "FusedSymMPOLoss",
+    "TermsResult",
     "SequenceLogps",
     "block_config",
     "check_launchable",
     "interpreter_enabled",
     "logprobs_backward",
     "logprobs_forward",
+    "symmpo_terms",
     "symmpo_terms_forward",
     "token_logprobs_backward",
     "token_logprobs_forward",

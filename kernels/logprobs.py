@@ -62,6 +62,7 @@ def _logprobs_fwd_kernel(
     stride_v,
     label_stride_n,
     label_stride_t,
+    bad_labels_ptr,
     seq_len,
     vocab,
     ignore_index,
@@ -72,7 +73,9 @@ def _logprobs_fwd_kernel(
     """One program per position (n, t). Reads logits[n, t, :] once if it is a target, else nothing.
 
     Writes lse[n*T + t] (0 at non-targets) when STORE_LSE, and atomically adds the position's
-    log-prob and 1 to sums[n] and counts[n].
+    log-prob and 1 to sums[n] and counts[n]. A label outside [0, vocab) that is not
+    ignore_index is never read through; it adds 1 to bad_labels[0] (position 0's label, which
+    predicts nothing, is checked by the t = 0 program).
     """
     row = tl.program_id(0)
     n, t, offset, label_offset = _row_offsets(
@@ -80,9 +83,16 @@ def _logprobs_fwd_kernel(
     )
     has_next = t < seq_len - 1
     label = tl.load(labels_ptr + label_offset, mask=has_next, other=ignore_index)
-    is_target = label != ignore_index
+    is_label = label != ignore_index
+    in_vocab = (label >= 0) & (label < vocab)
+    if is_label & (in_vocab == 0):
+        tl.atomic_add(bad_labels_ptr, 1)
+    if t == 0:
+        first = tl.load(labels_ptr + label_offset - label_stride_t)
+        if (first != ignore_index) & ((first < 0) | (first >= vocab)):
+            tl.atomic_add(bad_labels_ptr, 1)
     lse = 0.0
-    if is_target:
+    if is_label & in_vocab:
         row_ptr = logits_ptr + offset
         lse = row_logsumexp(row_ptr, stride_v, vocab, BLOCK_V, WIDE)
         target = tl.load(row_ptr + label.to(tl.int64) * stride_v).to(tl.float32)
@@ -98,6 +108,8 @@ def _logprobs_bwd_kernel(
     labels_ptr,
     lse_ptr,
     grad_seq_ptr,
+    grad_scale_ptr,
+    counts_ptr,
     grad_ptr,
     stride_n,
     stride_t,
@@ -110,10 +122,13 @@ def _logprobs_bwd_kernel(
     seq_len,
     vocab,
     ignore_index,
+    HAS_SCALE: tl.constexpr,
+    AVERAGE: tl.constexpr,
     BLOCK_V: tl.constexpr,
     WIDE: tl.constexpr,
 ):
-    """One program per position: grad[n, t, :] = g[n] (onehot(y) - softmax) or exact zeros.
+    """One program per position: grad[n, t, :] = g[n] (onehot(y) - softmax) or exact zeros,
+    with g[n] = grad_seq[n] (* grad_scale[0] when HAS_SCALE) (/ max(counts[n], 1) when AVERAGE).
 
     Reads logits[n, t, :] once at targets; writes grad[n, t, :] once everywhere. grad may be the
     logits buffer itself (in-place mode): each element is read before it is overwritten.
@@ -127,7 +142,11 @@ def _logprobs_bwd_kernel(
     label = tl.load(labels_ptr + label_offset, mask=has_next, other=ignore_index)
     grad_row = grad_ptr + grad_offset
     if label != ignore_index:
-        g = tl.load(grad_seq_ptr + n)
+        g = tl.load(grad_seq_ptr + n).to(tl.float32)
+        if HAS_SCALE:
+            g = g * tl.load(grad_scale_ptr).to(tl.float32)
+        if AVERAGE:
+            g = g / tl.maximum(tl.load(counts_ptr + n), 1).to(tl.float32)
         lse = tl.load(lse_ptr + row)
         write_row_grad(
             logits_ptr + offset,
@@ -157,16 +176,22 @@ def logprobs_forward(
     store_lse: bool = True,
     block_v: int | None = None,
     num_warps: int | None = None,
+    bad_labels: torch.Tensor | None = None,
 ):
-    """Launch the forward kernel on (N, T, V) logits and (N, T) int labels (checked by the caller).
+    """Launch the forward kernel on (N, T, V) logits and (N, T) int labels.
 
-    Returns (sums (N,) float32, counts (N,) int32, lse (N*T,) float32 or None).
+    Returns (sums (N,) float32, counts (N,) int32, lse (N*T,) float32 or None). Labels outside
+    [0, V) (not ignore_index) are skipped, never read through, and counted into
+    ``bad_labels[0]`` (an int32 tensor the caller zeroed) when it is given: callers either
+    checked the labels beforehand or read that count (one sync) before trusting the result.
     """
     check_launchable(logits)
     rows, seq_len, vocab = logits.shape
     block, warps = block_config(vocab, logits.device, block_v, num_warps)
-    sums = torch.zeros(rows, dtype=torch.float32, device=logits.device)
-    counts = torch.zeros(rows, dtype=torch.int32, device=logits.device)
+    zeros = torch.zeros(2 * rows + 1, dtype=torch.float32, device=logits.device)  # one memset
+    sums, counts = zeros[:rows], zeros[rows : 2 * rows].view(torch.int32)
+    if bad_labels is None:
+        bad_labels = zeros[2 * rows :].view(torch.int32)
     lse = torch.empty(rows * seq_len if store_lse else 1, dtype=torch.float32, device=logits.device)
     _logprobs_fwd_kernel[(rows * seq_len,)](
         logits,
@@ -176,6 +201,7 @@ def logprobs_forward(
         counts,
         *logits.stride(),
         *labels.stride(),
+        bad_labels,
         seq_len,
         vocab,
         ignore_index,
@@ -196,21 +222,29 @@ def logprobs_backward(
     inplace: bool = False,
     block_v: int | None = None,
     num_warps: int | None = None,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Gradient of sum_n grad_seq[n] * sums[n] with respect to logits, in the logits' dtype.
+    """Gradient of sum_n g[n] * sums[n] with respect to logits, in the logits' dtype.
 
-    ``grad_seq`` (N,) float32 already includes any 1/count of averaged log-probs. With
-    ``inplace`` the gradient overwrites ``logits`` (no second N*T*V buffer).
+    g[n] = grad_seq[n], times the one-element ``grad_scale`` when given (the upstream gradient
+    of a scalar loss), divided by max(counts[n], 1) when ``counts`` is given (averaged
+    log-probs): both folded into the kernel, no extra launch. With ``inplace`` the gradient
+    overwrites ``logits`` (no second N*T*V buffer).
     """
     check_launchable(logits)
     rows, seq_len, vocab = logits.shape
     block, warps = block_config(vocab, logits.device, block_v, num_warps, "backward")
     grad = logits if inplace else torch.empty_like(logits)
+    grad_seq = grad_seq.contiguous()
     _logprobs_bwd_kernel[(rows * seq_len,)](
         logits,
         labels,
         lse,
-        grad_seq.to(torch.float32).contiguous(),
+        grad_seq,
+        grad_seq if grad_scale is None else grad_scale,
+        grad_seq if counts is None else counts,
         grad,
         *logits.stride(),
         *labels.stride(),
@@ -218,6 +252,8 @@ def logprobs_backward(
         seq_len,
         vocab,
         ignore_index,
+        HAS_SCALE=grad_scale is not None,
+        AVERAGE=counts is not None,
         BLOCK_V=block,
         WIDE=wide_rows(logits, grad, vocab),
         num_warps=warps,
@@ -238,7 +274,6 @@ class SequenceLogps(torch.autograd.Function):
         sums, counts, lse = logprobs_forward(logits, labels, ignore_index)
         ctx.save_for_backward(logits, labels, lse, counts)
         ctx.average, ctx.ignore_index, ctx.inplace_grad = average, ignore_index, inplace_grad
-        ctx.mark_non_differentiable(counts)
         if average:
             return sums / counts.clamp(min=1)
         return sums
@@ -248,8 +283,8 @@ class SequenceLogps(torch.autograd.Function):
     def backward(ctx, grad_out):
         guard_inplace_backward(ctx)
         logits, labels, lse, counts = ctx.saved_tensors
-        grad_seq = grad_out.float()
-        if ctx.average:
-            grad_seq = grad_seq / counts.clamp(min=1)
-        grad = logprobs_backward(logits, labels, lse, grad_seq, ctx.ignore_index, ctx.inplace_grad)
+        grad = logprobs_backward(
+            logits, labels, lse, grad_out, ctx.ignore_index, ctx.inplace_grad,
+            counts=counts if ctx.average else None,
+        )  # fmt: skip
         return grad, None, None, None, None

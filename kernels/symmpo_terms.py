@@ -7,12 +7,15 @@ example (../shared/SPEC.md, "The loss" and "Gradients"):
     mgn = (r0 - r2) - (r4 - r3)   a1 = beta r0 - delta   a2 = beta_c r4 - delta
     loss = -ls(z_dpo) + pw (-ls(z_p1) - ls(z_p2)) + mw mgn^2 + aw (-ls(a1) - ls(a2))
 
-with ls = log sigmoid,
-and dL/ds_k of the batch mean (the 1/B included). Reads 40 B bytes, writes 4*(1+4+3+5) B bytes:
-the launch is tiny, and it replaces an autograd graph of some thirty small ops.
+with ls = log sigmoid, and dL/ds_k of the batch mean (the 1/B included), the implicit rewards,
+and the batch means every trainer logs (term means, accuracies z > 0, reward margins, mean
+rewards). Reads 60 B bytes, writes 4 (5+1+4+3+5+5) B + 84 bytes in one program: the launch is
+tiny, and it replaces some thirty small launches (autograd graph, metrics, input checks).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -32,13 +35,45 @@ def _log_sigmoid(z):
 
 
 @triton.jit
-def _symmpo_terms_fwd_kernel(
-    policy_ptr,
+def _policy_and_reward(
+    k, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr, policy_ptr,
+    HAS_COUNTS: tl.constexpr, AVERAGE: tl.constexpr, BLOCK_B: tl.constexpr,
+):  # fmt: skip
+    """Sequence kind k of the examples at ``offs``: writes its log-prob s_k (the sum divided by
+    max(count, 1) when AVERAGE) and returns (r_k = s_k - s_k^ref, 1 where the sequence has no
+    target, 1 where its reference is NaN or infinite); masked lanes give zeros."""
+    s = tl.load(sums_ptr + k * batch + offs, mask=mask, other=0.0)
+    empty = tl.zeros([BLOCK_B], dtype=tl.int32)
+    if HAS_COUNTS:
+        count = tl.load(counts_ptr + k * batch + offs, mask=mask, other=1)
+        empty = tl.where(count == 0, 1, 0)
+        if AVERAGE:
+            s = s / tl.maximum(count, 1).to(tl.float32)
+    tl.store(policy_ptr + k * batch + offs, s, mask=mask)
+    ref = tl.load(ref_ptr + k * batch + offs, mask=mask, other=0.0)
+    bad_ref = tl.where((ref != ref) | (tl.abs(ref) == float("inf")), 1, 0)
+    return s - ref, empty, bad_ref
+
+
+@triton.jit
+def _masked(x, mask):
+    return tl.where(mask, x, 0.0)
+
+
+@triton.jit
+def _symmpo_terms_kernel(
+    sums_ptr,
+    counts_ptr,
     ref_ptr,
+    policy_ptr,
     loss_ptr,
     terms_ptr,
     z_ptr,
     grad_ptr,
+    rewards_ptr,
+    summary_ptr,
+    mean_loss_ptr,
+    flags_ptr,
     batch,
     beta,
     beta_contrast,
@@ -47,69 +82,192 @@ def _symmpo_terms_fwd_kernel(
     anchor_weight,
     delta,
     grad_scale,
+    HAS_COUNTS: tl.constexpr,
+    AVERAGE: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    """Examples [pid*BLOCK_B, (pid+1)*BLOCK_B). Inputs (5, B) float32 contiguous.
+    """One program over all B examples, BLOCK_B at a time. Inputs (5, B) contiguous: float32
+    sums, int32 counts (when HAS_COUNTS), float32 reference log-probs.
 
-    Writes loss (B,), terms (4, B) = (dpo, pair, margin, anchor), z (3, B) = (z_dpo, z_p1,
-    z_p2) and grad (5, B) = grad_scale * dL_i/ds_k.
+    Per example: policy (5, B) log-probs, loss (B,), terms (4, B) = (dpo, pair, margin,
+    anchor), z (3, B) = (z_dpo, z_p1, z_p2), grad (5, B) = grad_scale * dL_i/ds_k, rewards
+    (5, B). Batch means: summary (16,) = (mean loss, 4 term means, 3 accuracies (z > 0),
+    3 reward margins (mean z), 5 mean rewards), and the mean loss again in mean_loss (()).
+    flags[1] = sequences without a target (when HAS_COUNTS), flags[2] = non-finite reference
+    log-probs (flags[0] is the log-prob kernel's count of bad labels).
     """
-    offs = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask = offs < batch
-    r0 = tl.load(policy_ptr + offs, mask=mask, other=0.0) - tl.load(
-        ref_ptr + offs, mask=mask, other=0.0
-    )
-    r1 = tl.load(policy_ptr + batch + offs, mask=mask, other=0.0) - tl.load(
-        ref_ptr + batch + offs, mask=mask, other=0.0
-    )
-    r2 = tl.load(policy_ptr + 2 * batch + offs, mask=mask, other=0.0) - tl.load(
-        ref_ptr + 2 * batch + offs, mask=mask, other=0.0
-    )
-    r3 = tl.load(policy_ptr + 3 * batch + offs, mask=mask, other=0.0) - tl.load(
-        ref_ptr + 3 * batch + offs, mask=mask, other=0.0
-    )
-    r4 = tl.load(policy_ptr + 4 * batch + offs, mask=mask, other=0.0) - tl.load(
-        ref_ptr + 4 * batch + offs, mask=mask, other=0.0
-    )
-    z_dpo = beta * (r0 - r1)
-    z_p1 = beta * (r0 - r2)
-    z_p2 = beta * (r4 - r3)
-    mgn = (r0 - r2) - (r4 - r3)
-    a1 = beta * r0 - delta
-    a2 = beta_contrast * r4 - delta
+    cols = tl.arange(0, BLOCK_B)
+    zero = tl.zeros([BLOCK_B], dtype=tl.float32)
+    sum_loss, sum_dpo, sum_pair, sum_margin, sum_anchor = zero, zero, zero, zero, zero
+    pos_dpo, pos_p1, pos_p2, sum_z_dpo, sum_z_p1, sum_z_p2 = zero, zero, zero, zero, zero, zero
+    sum_r0, sum_r1, sum_r2, sum_r3, sum_r4 = zero, zero, zero, zero, zero
+    empty = tl.zeros([BLOCK_B], dtype=tl.int32)
+    bad_ref = tl.zeros([BLOCK_B], dtype=tl.int32)
+    for start in range(0, batch, BLOCK_B):
+        offs = start + cols
+        mask = offs < batch
+        r0, e0, b0 = _policy_and_reward(0, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr,
+                                        policy_ptr, HAS_COUNTS, AVERAGE, BLOCK_B)  # fmt: skip
+        r1, e1, b1 = _policy_and_reward(1, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr,
+                                        policy_ptr, HAS_COUNTS, AVERAGE, BLOCK_B)  # fmt: skip
+        r2, e2, b2 = _policy_and_reward(2, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr,
+                                        policy_ptr, HAS_COUNTS, AVERAGE, BLOCK_B)  # fmt: skip
+        r3, e3, b3 = _policy_and_reward(3, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr,
+                                        policy_ptr, HAS_COUNTS, AVERAGE, BLOCK_B)  # fmt: skip
+        r4, e4, b4 = _policy_and_reward(4, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr,
+                                        policy_ptr, HAS_COUNTS, AVERAGE, BLOCK_B)  # fmt: skip
+        empty += e0 + e1 + e2 + e3 + e4
+        bad_ref += b0 + b1 + b2 + b3 + b4
 
-    dpo = -_log_sigmoid(z_dpo)
-    pair = -_log_sigmoid(z_p1) - _log_sigmoid(z_p2)
-    margin = mgn * mgn
-    anchor = -_log_sigmoid(a1) - _log_sigmoid(a2)
-    loss = dpo + pair_weight * pair + margin_weight * margin + anchor_weight * anchor
+        z_dpo = beta * (r0 - r1)
+        z_p1 = beta * (r0 - r2)
+        z_p2 = beta * (r4 - r3)
+        mgn = (r0 - r2) - (r4 - r3)
+        a1 = beta * r0 - delta
+        a2 = beta_contrast * r4 - delta
 
-    # sigmoid(-z) = exp(log sigmoid(-z)): the d/dz of -log sigmoid(z), up to sign.
-    s_dpo = tl.exp(_log_sigmoid(-z_dpo))
-    s_p1 = tl.exp(_log_sigmoid(-z_p1))
-    s_p2 = tl.exp(_log_sigmoid(-z_p2))
-    s_a1 = tl.exp(_log_sigmoid(-a1))
-    s_a2 = tl.exp(_log_sigmoid(-a2))
-    two_mw_mgn = 2.0 * margin_weight * mgn
-    g0 = -beta * s_dpo - pair_weight * beta * s_p1 + two_mw_mgn - anchor_weight * beta * s_a1
-    g1 = beta * s_dpo
-    g2 = pair_weight * beta * s_p1 - two_mw_mgn
-    g3 = pair_weight * beta * s_p2 + two_mw_mgn
-    g4 = -pair_weight * beta * s_p2 - two_mw_mgn - anchor_weight * beta_contrast * s_a2
+        dpo = -_log_sigmoid(z_dpo)
+        pair = -_log_sigmoid(z_p1) - _log_sigmoid(z_p2)
+        margin = mgn * mgn
+        anchor = -_log_sigmoid(a1) - _log_sigmoid(a2)
+        loss = dpo + pair_weight * pair + margin_weight * margin + anchor_weight * anchor
 
-    tl.store(loss_ptr + offs, loss, mask=mask)
-    tl.store(terms_ptr + offs, dpo, mask=mask)
-    tl.store(terms_ptr + batch + offs, pair, mask=mask)
-    tl.store(terms_ptr + 2 * batch + offs, margin, mask=mask)
-    tl.store(terms_ptr + 3 * batch + offs, anchor, mask=mask)
-    tl.store(z_ptr + offs, z_dpo, mask=mask)
-    tl.store(z_ptr + batch + offs, z_p1, mask=mask)
-    tl.store(z_ptr + 2 * batch + offs, z_p2, mask=mask)
-    tl.store(grad_ptr + offs, grad_scale * g0, mask=mask)
-    tl.store(grad_ptr + batch + offs, grad_scale * g1, mask=mask)
-    tl.store(grad_ptr + 2 * batch + offs, grad_scale * g2, mask=mask)
-    tl.store(grad_ptr + 3 * batch + offs, grad_scale * g3, mask=mask)
-    tl.store(grad_ptr + 4 * batch + offs, grad_scale * g4, mask=mask)
+        # sigmoid(-z) = exp(log sigmoid(-z)): the d/dz of -log sigmoid(z), up to sign.
+        s_dpo = tl.exp(_log_sigmoid(-z_dpo))
+        s_p1 = tl.exp(_log_sigmoid(-z_p1))
+        s_p2 = tl.exp(_log_sigmoid(-z_p2))
+        s_a1 = tl.exp(_log_sigmoid(-a1))
+        s_a2 = tl.exp(_log_sigmoid(-a2))
+        two_mw_mgn = 2.0 * margin_weight * mgn
+        g0 = -beta * s_dpo - pair_weight * beta * s_p1 + two_mw_mgn - anchor_weight * beta * s_a1
+        g1 = beta * s_dpo
+        g2 = pair_weight * beta * s_p1 - two_mw_mgn
+        g3 = pair_weight * beta * s_p2 + two_mw_mgn
+        g4 = -pair_weight * beta * s_p2 - two_mw_mgn - anchor_weight * beta_contrast * s_a2
+
+        tl.store(loss_ptr + offs, loss, mask=mask)
+        tl.store(terms_ptr + offs, dpo, mask=mask)
+        tl.store(terms_ptr + batch + offs, pair, mask=mask)
+        tl.store(terms_ptr + 2 * batch + offs, margin, mask=mask)
+        tl.store(terms_ptr + 3 * batch + offs, anchor, mask=mask)
+        tl.store(z_ptr + offs, z_dpo, mask=mask)
+        tl.store(z_ptr + batch + offs, z_p1, mask=mask)
+        tl.store(z_ptr + 2 * batch + offs, z_p2, mask=mask)
+        tl.store(grad_ptr + offs, grad_scale * g0, mask=mask)
+        tl.store(grad_ptr + batch + offs, grad_scale * g1, mask=mask)
+        tl.store(grad_ptr + 2 * batch + offs, grad_scale * g2, mask=mask)
+        tl.store(grad_ptr + 3 * batch + offs, grad_scale * g3, mask=mask)
+        tl.store(grad_ptr + 4 * batch + offs, grad_scale * g4, mask=mask)
+        tl.store(rewards_ptr + offs, beta * r0, mask=mask)
+        tl.store(rewards_ptr + batch + offs, beta * r1, mask=mask)
+        tl.store(rewards_ptr + 2 * batch + offs, beta * r2, mask=mask)
+        tl.store(rewards_ptr + 3 * batch + offs, beta_contrast * r3, mask=mask)
+        tl.store(rewards_ptr + 4 * batch + offs, beta_contrast * r4, mask=mask)
+
+        sum_loss += _masked(loss, mask)
+        sum_dpo += _masked(dpo, mask)
+        sum_pair += _masked(pair, mask)
+        sum_margin += _masked(margin, mask)
+        sum_anchor += _masked(anchor, mask)
+        pos_dpo += _masked(tl.where(z_dpo > 0, 1.0, 0.0), mask)
+        pos_p1 += _masked(tl.where(z_p1 > 0, 1.0, 0.0), mask)
+        pos_p2 += _masked(tl.where(z_p2 > 0, 1.0, 0.0), mask)
+        sum_z_dpo += _masked(z_dpo, mask)
+        sum_z_p1 += _masked(z_p1, mask)
+        sum_z_p2 += _masked(z_p2, mask)
+        sum_r0 += _masked(beta * r0, mask)
+        sum_r1 += _masked(beta * r1, mask)
+        sum_r2 += _masked(beta * r2, mask)
+        sum_r3 += _masked(beta_contrast * r3, mask)
+        sum_r4 += _masked(beta_contrast * r4, mask)
+
+    inv_batch = 1.0 / batch
+    mean_loss = tl.sum(sum_loss, axis=0) * inv_batch
+    tl.store(summary_ptr + 0, mean_loss)
+    tl.store(mean_loss_ptr, mean_loss)
+    tl.store(summary_ptr + 1, tl.sum(sum_dpo, axis=0) * inv_batch)
+    tl.store(summary_ptr + 2, tl.sum(sum_pair, axis=0) * inv_batch)
+    tl.store(summary_ptr + 3, tl.sum(sum_margin, axis=0) * inv_batch)
+    tl.store(summary_ptr + 4, tl.sum(sum_anchor, axis=0) * inv_batch)
+    tl.store(summary_ptr + 5, tl.sum(pos_dpo, axis=0) * inv_batch)
+    tl.store(summary_ptr + 6, tl.sum(pos_p1, axis=0) * inv_batch)
+    tl.store(summary_ptr + 7, tl.sum(pos_p2, axis=0) * inv_batch)
+    tl.store(summary_ptr + 8, tl.sum(sum_z_dpo, axis=0) * inv_batch)
+    tl.store(summary_ptr + 9, tl.sum(sum_z_p1, axis=0) * inv_batch)
+    tl.store(summary_ptr + 10, tl.sum(sum_z_p2, axis=0) * inv_batch)
+    tl.store(summary_ptr + 11, tl.sum(sum_r0, axis=0) * inv_batch)
+    tl.store(summary_ptr + 12, tl.sum(sum_r1, axis=0) * inv_batch)
+    tl.store(summary_ptr + 13, tl.sum(sum_r2, axis=0) * inv_batch)
+    tl.store(summary_ptr + 14, tl.sum(sum_r3, axis=0) * inv_batch)
+    tl.store(summary_ptr + 15, tl.sum(sum_r4, axis=0) * inv_batch)
+    tl.store(flags_ptr + 1, tl.sum(empty, axis=0))
+    tl.store(flags_ptr + 2, tl.sum(bad_ref, axis=0))
+
+
+#: The order of ``TermsResult.summary``.
+SUMMARY_NAMES = (
+    "loss", "dpo", "pair", "margin", "anchor",
+    "accuracy_dpo", "accuracy_pair1", "accuracy_pair2",
+    "reward_margin_dpo", "reward_margin_pair1", "reward_margin_pair2",
+    "reward_0", "reward_1", "reward_2", "reward_3", "reward_4",
+)  # fmt: skip
+#: The order of the int32 validation flags: bad labels, sequences without a target, and
+#: non-finite reference log-probs.
+FLAG_NAMES = ("bad_labels", "empty_sequences", "nonfinite_ref_logps")
+
+
+class TermsResult(NamedTuple):
+    """The terms kernel's outputs (all float32 but ``flags``)."""
+
+    policy: torch.Tensor  # (5, B) log-probs (averaged when asked)
+    loss: torch.Tensor  # (B,) per-example loss
+    terms: torch.Tensor  # (4, B)
+    z: torch.Tensor  # (3, B)
+    grad: torch.Tensor  # (5, B) grad_scale * dL_i/ds_k
+    rewards: torch.Tensor  # (5, B)
+    summary: torch.Tensor  # (16,) batch means, in SUMMARY_NAMES order
+    mean_loss: torch.Tensor  # () the batch-mean loss, its own tensor
+    flags: torch.Tensor  # (3,) int32, in FLAG_NAMES order
+
+
+def symmpo_terms(
+    sums: torch.Tensor,
+    ref_logps: torch.Tensor,
+    weights: tuple,
+    *,
+    counts: torch.Tensor | None = None,
+    average: bool = False,
+    grad_scale: float | None = None,
+    flags: torch.Tensor | None = None,
+) -> TermsResult:
+    """One launch from (5, B) log-prob sums (and int32 counts) to every per-example and batch
+    output of the loss (TermsResult).
+
+    ``weights`` = (beta, beta_contrast, pair_weight, margin_weight, anchor_weight, delta);
+    ``average`` divides the sums by max(count, 1); grad is ``grad_scale`` * dL_i/ds_k, by
+    default 1/B (the gradient of the batch mean). ``flags``: an int32 (3,) tensor whose
+    elements 1 and 2 the kernel writes (element 0 belongs to the log-prob kernel).
+    """
+    check_launchable(sums)
+    if average and counts is None:
+        raise ValueError("average=True needs the counts")
+    sums = sums.detach().to(torch.float32).contiguous()
+    ref = ref_logps.detach().to(torch.float32).contiguous()
+    batch = sums.shape[1]
+    new = lambda *shape: torch.empty(shape, dtype=torch.float32, device=sums.device)  # noqa: E731
+    result = TermsResult(
+        policy=new(NUM_KINDS, batch), loss=new(batch), terms=new(4, batch), z=new(3, batch),
+        grad=new(NUM_KINDS, batch), rewards=new(NUM_KINDS, batch),
+        summary=new(len(SUMMARY_NAMES)), mean_loss=new(),
+        flags=flags if flags is not None else torch.empty(3, dtype=torch.int32, device=sums.device),
+    )  # fmt: skip
+    block = min(max(triton.next_power_of_2(batch), 16), 1024)
+    _symmpo_terms_kernel[(1,)](
+        sums, sums if counts is None else counts.contiguous(), ref, *result[:-1], result.flags,
+        batch, *map(float, weights), 1.0 / batch if grad_scale is None else float(grad_scale),
+        HAS_COUNTS=counts is not None, AVERAGE=average, BLOCK_B=block,
+    )  # fmt: skip
+    return result
 
 
 def symmpo_terms_forward(
@@ -118,32 +276,22 @@ def symmpo_terms_forward(
     weights: tuple,
     grad_scale: float | None = None,
 ):
-    """(5, B) policy and reference log-probs -> loss (B,), terms (4, B), z (3, B), grad (5, B).
-
-    ``weights`` = (beta, beta_contrast, pair_weight, margin_weight, anchor_weight, delta);
-    grad is ``grad_scale`` * dL_i/ds_k, by default 1/B: the gradient of the batch mean.
-    """
-    check_launchable(policy_logps)
-    policy = policy_logps.detach().to(torch.float32).contiguous()
-    ref = ref_logps.detach().to(torch.float32).contiguous()
-    batch = policy.shape[1]
-    new = lambda *shape: torch.empty(shape, dtype=torch.float32, device=policy.device)  # noqa: E731
-    loss, terms, z, grad = new(batch), new(4, batch), new(3, batch), new(NUM_KINDS, batch)
-    block = min(max(triton.next_power_of_2(batch), 16), 1024)
-    _symmpo_terms_fwd_kernel[(triton.cdiv(batch, block),)](
-        policy, ref, loss, terms, z, grad, batch, *map(float, weights),
-        1.0 / batch if grad_scale is None else float(grad_scale), BLOCK_B=block,
-    )  # fmt: skip
-    return loss, terms, z, grad
+    """(5, B) policy and reference log-probs -> loss (B,), terms (4, B), z (3, B), grad (5, B):
+    ``symmpo_terms`` without counts, for callers that need only these."""
+    result = symmpo_terms(policy_logps, ref_logps, weights, grad_scale=grad_scale)
+    return result.loss, result.terms, result.z, result.grad
 
 
 class FusedSymMPOLoss(torch.autograd.Function):
     """Kind-major (5B, T, V) logits -> the SymMPO batch-mean loss, with no autograd graph inside.
 
-    Forward: the log-prob kernel (saving 4 bytes of LSE per position), then the terms kernel,
-    which also yields dL/ds. Backward: g = grad_output * dL/ds (/ count when averaged), then the
-    log-prob backward kernel writes dL/dlogits once. Outputs after the loss (policy log-probs,
-    per-example loss, terms, z) are not differentiable.
+    Forward, three launches after one memset: the log-prob kernel (saving 4 bytes of LSE per
+    position and counting bad labels), then the terms kernel (per-example outputs, dL/ds, batch
+    means, validation flags). Backward, one launch: the log-prob backward kernel with
+    g = dL/ds * grad_output (/ count when averaged) folded in, writing dL/dlogits once.
+    Outputs: the TermsResult fields, of which only ``mean_loss`` is differentiable. The caller
+    must read ``flags`` (one sync) before trusting the result: labels outside the vocabulary
+    are skipped by the kernels (never read through) and only counted there.
 
     With ``inplace_grad`` the gradient overwrites the logits buffer: the logits are gone after
     backward, so nothing else may read them later (another loss, a second backward, logging).
@@ -151,25 +299,27 @@ class FusedSymMPOLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, ref_logps, weights, average, ignore_index, inplace_grad):
-        sums, counts, lse = logprobs_forward(logits, labels, ignore_index)
-        policy = sums / counts.clamp(min=1) if average else sums
+        ctx.set_materialize_grads(False)
+        flags = torch.zeros(len(FLAG_NAMES), dtype=torch.int32, device=logits.device)
+        sums, counts, lse = logprobs_forward(logits, labels, ignore_index, bad_labels=flags)
         batch = logits.shape[0] // NUM_KINDS
-        per_example, terms, z, grad_logps = symmpo_terms_forward(
-            policy.view(NUM_KINDS, batch), ref_logps.view(NUM_KINDS, batch), weights
-        )
-        ctx.save_for_backward(logits, labels, lse, counts, grad_logps)
+        result = symmpo_terms(
+            sums.view(NUM_KINDS, batch), ref_logps.view(NUM_KINDS, batch), weights,
+            counts=counts.view(NUM_KINDS, batch), average=average, flags=flags,
+        )  # fmt: skip
+        ctx.save_for_backward(logits, labels, lse, counts, result.grad)
         ctx.average, ctx.ignore_index, ctx.inplace_grad = average, ignore_index, inplace_grad
-        loss = per_example.sum() / batch
-        ctx.mark_non_differentiable(policy, per_example, terms, z)
-        return loss, policy, per_example, terms, z
+        ctx.mark_non_differentiable(*result[:-2], result.flags)
+        return result
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss, *_unused):
+    def backward(ctx, *grads):
+        grad_loss = grads[TermsResult._fields.index("mean_loss")]
         guard_inplace_backward(ctx)
         logits, labels, lse, counts, grad_logps = ctx.saved_tensors
-        grad_seq = grad_logps.flatten() * grad_loss.float()
-        if ctx.average:
-            grad_seq = grad_seq / counts.clamp(min=1)
-        grad = logprobs_backward(logits, labels, lse, grad_seq, ctx.ignore_index, ctx.inplace_grad)
+        grad = logprobs_backward(
+            logits, labels, lse, grad_logps.view(-1), ctx.ignore_index, ctx.inplace_grad,
+            grad_scale=grad_loss, counts=counts if ctx.average else None,
+        )  # fmt: skip
         return grad, None, None, None, None, None, None

@@ -54,8 +54,10 @@ def fused_symmpo(
     config: SymMPOConfig,
     inplace_grad: bool,
 ):
-    """The Triton path: (loss, policy (5B,), per-example (B,), terms (4, B), z (3, B))."""
-    return _kernels().FusedSymMPOLoss.apply(
+    """The Triton path: a symmpo_kernels.TermsResult whose ``mean_loss`` is differentiable.
+    Its ``flags`` are unread: the caller checks them (one sync)."""
+    kernels = _kernels()
+    outputs = kernels.FusedSymMPOLoss.apply(
         logits,
         labels,
         ref_logps.detach().float().reshape(-1),
@@ -64,6 +66,7 @@ def fused_symmpo(
         config.ignore_index,
         inplace_grad,
     )
+    return kernels.TermsResult(*outputs)
 
 
 def _kernels():

@@ -7,13 +7,14 @@ import torch
 from . import reference
 from .config import SymMPOConfig, resolve_config
 from .implementations import fused_symmpo, resolve_impl, score_reference, score_sequences
-from .output import PreferenceOutput, SymMPOOutput, build_symmpo_output
+from .output import PreferenceOutput, SymMPOOutput, build_symmpo_output, output_from_terms
 from .validation import (
     check_labels,
     check_logps,
     check_same_device,
     check_sequences,
     check_values,
+    raise_invalid_values,
 )
 
 
@@ -97,23 +98,29 @@ def symmpo_loss(
     else:
         ref_logps = check_logps("ref_logps", ref_logps, rows=rows, finite=False)
     check_same_device(logits=logits, labels=labels, ref_logps=ref_logps, ref_logits=ref_logits)
-    check_values(labels, vocab, config.ignore_index, config.allow_empty, ref_logps=ref_logps)
     impl = resolve_impl(impl, logits)
+    given_ref_logps = ref_logps
+    if impl == "torch":
+        check_values(labels, vocab, config.ignore_index, config.allow_empty, ref_logps=ref_logps)
 
     if ref_logits is not None:
         ref_logps = score_reference(
             ref_logits, labels, config.average_log_prob, config.ignore_index, impl
         )
     ref_logps = ref_logps.reshape(5, -1)
-    if impl == "triton":
-        loss, policy, per_example, terms, z = fused_symmpo(
-            logits, labels, ref_logps, config, inplace_grad
+    if impl == "torch":
+        policy = score_sequences(logits, labels, config.average_log_prob, config.ignore_index, impl)
+        return _symmpo_output(policy.view(5, -1), ref_logps, config)
+
+    # Triton: the kernels check the values as they read them (labels outside the vocabulary
+    # are skipped and counted); one sync reads their flags before anything is returned.
+    result = fused_symmpo(logits, labels, ref_logps, config, inplace_grad)
+    bad_labels, empty, bad_ref = result.flags.tolist()
+    if bad_labels or (empty and not config.allow_empty) or (bad_ref and ref_logits is None):
+        raise_invalid_values(
+            labels, vocab, config.ignore_index, config.allow_empty, ref_logps=given_ref_logps
         )
-        return build_symmpo_output(
-            loss, per_example, terms, z, policy.view(5, -1), ref_logps, config
-        )
-    policy = score_sequences(logits, labels, config.average_log_prob, config.ignore_index, impl)
-    return _symmpo_output(policy.view(5, -1), ref_logps, config)
+    return output_from_terms(result, ref_logps.float())
 
 
 def symmpo_loss_from_logps(

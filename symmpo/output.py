@@ -107,3 +107,28 @@ def build_symmpo_output(loss, per_example, terms, z, policy_logps, ref_logps, co
         reward_margin_pair1=margins[1],
         reward_margin_pair2=margins[2],
     )
+
+
+def output_from_terms(result, ref_logps: torch.Tensor) -> SymMPOOutput:
+    """A SymMPOOutput from the fused path's TermsResult: its batch means are views of the
+    kernel's summary vector, so building the output launches nothing."""
+    from symmpo_kernels import SUMMARY_NAMES
+
+    means = dict(zip(SUMMARY_NAMES, result.summary.unbind(), strict=True))
+    return SymMPOOutput(
+        loss=result.mean_loss,
+        per_example_loss=result.loss,
+        dpo=means["dpo"],
+        pair=means["pair"],
+        margin=means["margin"],
+        anchor=means["anchor"],
+        policy_logps=result.policy,
+        ref_logps=ref_logps,
+        rewards=result.rewards,
+        accuracy_dpo=means["accuracy_dpo"],
+        accuracy_pair1=means["accuracy_pair1"],
+        accuracy_pair2=means["accuracy_pair2"],
+        reward_margin_dpo=means["reward_margin_dpo"],
+        reward_margin_pair1=means["reward_margin_pair1"],
+        reward_margin_pair2=means["reward_margin_pair2"],
+    )

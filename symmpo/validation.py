@@ -101,8 +101,22 @@ def check_values(
         flags.append(~is_target[:, 1:].any(-1).all())
     finite = {name: t for name, t in must_be_finite.items() if t is not None}
     flags += [~torch.isfinite(t).all() for t in finite.values()]
-    if not any(torch.stack(flags).tolist()):
-        return
+    if any(torch.stack(flags).tolist()):
+        raise_invalid_values(labels, vocab, ignore_index, allow_empty, kind_major, **finite)
+
+
+def raise_invalid_values(
+    labels: torch.Tensor,
+    vocab: int,
+    ignore_index: int,
+    allow_empty: bool,
+    kind_major: bool = True,
+    **must_be_finite: torch.Tensor | None,
+) -> None:
+    """Find what ``check_values`` (or a kernel's validation flags) caught and raise a
+    ValueError naming it; called only once something is known to be wrong."""
+    is_target = labels != ignore_index
+    finite = {name: t for name, t in must_be_finite.items() if t is not None}
     bad = is_target & ((labels < 0) | (labels >= vocab))
     if bool(bad.any()):
         row, pos = (int(i) for i in bad.nonzero()[0])
@@ -120,6 +134,10 @@ def check_values(
     for name, t in finite.items():
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} holds non-finite values (NaN or inf); they must be finite")
+    raise RuntimeError(
+        "symmpo's input checks flagged the labels or the reference log-probs, but no bad value "
+        "was found on a second look; please report this with the inputs"
+    )
 
 
 def check_logps(

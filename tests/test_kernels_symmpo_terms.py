@@ -8,7 +8,7 @@ from batches import NON_DEFAULT_WEIGHTS, make_batch, weights_of
 from kernel_helpers import assert_error_within, poisoned_allocations
 
 from symmpo import SymMPOConfig, reference, symmpo_loss
-from symmpo_kernels import symmpo_terms_forward
+from symmpo_kernels import symmpo_terms, symmpo_terms_forward
 
 CONFIGS = [
     SymMPOConfig(),
@@ -60,14 +60,66 @@ def test_fused_loss_matches_spec_fp32(monkeypatch, average, config):
     np.testing.assert_allclose(x.grad.double().numpy(), grad64, rtol=1e-5, atol=1e-7)
 
 
-def test_fused_metrics_equal_torch_path():
+@pytest.mark.parametrize("average,allow_empty", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("config", CONFIGS[:2])
+def test_fused_outputs_equal_torch_path(monkeypatch, config, average, allow_empty):
+    """Every field of the output (the kernel's batch means, rewards, log-probs) matches the
+    eager path's."""
     logits, labels, ref = make_batch(batch=4, seq_len=5, vocab=40, seed=5)
-    a = symmpo_loss(logits, labels, ref, impl="triton", beta=0.3)
-    b = symmpo_loss(logits, labels, ref, impl="torch", beta=0.3)
+    if allow_empty:
+        labels[6, 1:] = -100
+    kw = dict(config=config, average_log_prob=average, allow_empty=allow_empty)
+    with poisoned_allocations(monkeypatch):
+        a = symmpo_loss(logits, labels, ref, impl="triton", **kw)
+    b = symmpo_loss(logits, labels, ref, impl="torch", **kw)
     for name, value in b.metrics().items():
         assert a.metrics()[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
-    torch.testing.assert_close(a.per_example_loss, b.per_example_loss)
-    torch.testing.assert_close(a.rewards, b.rewards)
+    for field in ("per_example_loss", "policy_logps", "ref_logps", "rewards"):
+        torch.testing.assert_close(getattr(a, field), getattr(b, field), msg=field)
+
+
+def _means_float64(policy, ref, config):
+    """The batch means of the summary vector, from the eager terms in float64."""
+    p, r = policy.double(), ref.double()
+    t = reference.symmpo_terms(p, r, config)
+    z = torch.stack([t.z_dpo, t.z_p1, t.z_p2])
+    rewards = reference.symmpo_rewards(p, r, config)
+    return torch.cat([
+        t.loss.mean()[None], torch.stack([t.dpo, t.pair, t.margin, t.anchor]).mean(-1),
+        (z > 0).double().mean(-1), z.mean(-1), rewards.mean(-1),
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("batch,average", [(3, False), (1100, True)])  # 1100: two blocks
+def test_terms_summary_matches_float64(monkeypatch, batch, average):
+    gen = torch.Generator().manual_seed(batch)
+    sums = -torch.rand(5, batch, generator=gen) * 300
+    counts = torch.randint(1, 40, (5, batch), generator=gen, dtype=torch.int32)
+    ref = -torch.rand(5, batch, generator=gen) * 300
+    config = SymMPOConfig(**NON_DEFAULT_WEIGHTS)
+    with poisoned_allocations(monkeypatch):
+        result = symmpo_terms(sums, ref, config.kernel_weights, counts=counts, average=average)
+    policy = sums / counts if average else sums
+    torch.testing.assert_close(result.policy, policy)
+    expected = _means_float64(policy, ref, config)
+    torch.testing.assert_close(result.summary.double(), expected, rtol=1e-5, atol=1e-5)
+    assert result.mean_loss.item() == result.summary[0].item()
+    torch.testing.assert_close(
+        result.rewards.double(),
+        reference.symmpo_rewards(policy.double(), ref.double(), config),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert result.flags[1:].tolist() == [0, 0]
+
+
+def test_terms_flags_count_empty_sequences_and_bad_references():
+    counts = torch.tensor([[3, 0, 2], [1, 1, 1], [0, 0, 4], [2, 2, 2], [5, 5, 5]]).int()
+    ref = -torch.ones(5, 3)
+    ref[2, 1], ref[4, 0], ref[0, 2] = float("nan"), float("-inf"), float("inf")
+    flags = torch.zeros(3, dtype=torch.int32)
+    symmpo_terms(-torch.ones(5, 3), ref, SymMPOConfig().kernel_weights, counts=counts, flags=flags)
+    assert flags.tolist() == [0, 3, 3]  # element 0 belongs to the log-prob kernel
 
 
 def test_fused_bf16_errors_within_torch():
@@ -110,12 +162,14 @@ def test_ref_logits_and_inplace_grad():
     torch.testing.assert_close(leaf.grad, a.grad)
 
 
-def test_upstream_gradient_scales():
+@pytest.mark.parametrize("average", [False, True])
+def test_upstream_gradient_scales(average):
     logits, labels, ref = make_batch(batch=2, seq_len=5, vocab=17, seed=11)
     a = logits.clone().requires_grad_(True)
     b = logits.clone().requires_grad_(True)
-    (3.0 * symmpo_loss(a, labels, ref, impl="triton").loss).backward()
-    (3.0 * symmpo_loss(b, labels, ref, impl="torch").loss).backward()
+    kw = dict(average_log_prob=average)
+    (3.0 * symmpo_loss(a, labels, ref, impl="triton", **kw).loss).backward()
+    (3.0 * symmpo_loss(b, labels, ref, impl="torch", **kw).loss).backward()
     torch.testing.assert_close(a.grad, b.grad)
 
 

@@ -30,14 +30,25 @@ def test_labels_shape_mismatch(batch):
         symmpo_loss(logits, labels[:, :5], ref)
 
 
-def test_label_outside_vocab(batch):
+# The Triton path (interpreted here) checks values inside its kernels: same errors.
+IMPLS = ["torch", "triton"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_label_outside_vocab(batch, impl):
     logits, labels, ref = batch
     labels[7, 4] = 11
     with pytest.raises(ValueError, match=r"labels\[7, 4\] = 11 is outside \[0, 11\)"):
-        symmpo_loss(logits, labels, ref)
+        symmpo_loss(logits, labels, ref, impl=impl)
     labels[7, 4] = -5
     with pytest.raises(ValueError, match=r"labels\[7, 4\] = -5"):
-        symmpo_loss(logits, labels, ref)
+        symmpo_loss(logits, labels, ref, impl=impl)
+    labels[7, 4] = 3
+    labels[2, 0] = 1000  # position 0 predicts nothing, but a bad id is still an error
+    with pytest.raises(ValueError, match=r"labels\[2, 0\] = 1000"):
+        symmpo_loss(logits, labels, ref, impl=impl)
+    with pytest.raises(ValueError, match=r"labels\[2, 0\] = 1000"):
+        symmpo_loss(logits, labels, ref_logits=logits, impl=impl)
 
 
 def test_float_labels(batch):
@@ -59,12 +70,13 @@ def test_ref_logps_wrong_shape(batch, shape):
         symmpo_loss(logits, labels, torch.zeros(shape))
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_ref_logps_non_finite(batch, bad):
+def test_ref_logps_non_finite(batch, bad, impl):
     logits, labels, ref = batch
     ref[3] = bad
     with pytest.raises(ValueError, match=r"ref_logps holds non-finite values"):
-        symmpo_loss(logits, labels, ref)
+        symmpo_loss(logits, labels, ref, impl=impl)
 
 
 def test_ref_logps_not_floating(batch):
@@ -73,11 +85,12 @@ def test_ref_logps_not_floating(batch):
         symmpo_loss(logits, labels, torch.zeros(10, dtype=torch.long))
 
 
-def test_no_target_names_the_row(batch):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_no_target_names_the_row(batch, impl):
     logits, labels, ref = batch
     labels[5, 1:] = -100
     with pytest.raises(ValueError, match=r"row 5 \(contrast_on_image of example 1\).*allow_empty"):
-        symmpo_loss(logits, labels, ref)
+        symmpo_loss(logits, labels, ref, impl=impl)
 
 
 def test_reference_exactly_once(batch):

@@ -109,18 +109,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def cpu_only() -> bool:
+    """No accelerator of any kind (CUDA, XPU, NPU, ...) is visible to torch."""
+    if hasattr(torch, "accelerator"):  # torch >= 2.6
+        return not torch.accelerator.is_available()
+    return not torch.cuda.is_available()
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DistributedDataParallelKwargs
 
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and not torch.cuda.is_available():
-        # DeepSpeed without GPUs (its CPU accelerator): accelerate picks no backend for it and
-        # would count one process however many were launched; name gloo.
-        PartialState(backend="gloo")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and cpu_only():
+        # Several processes without GPUs: accelerate would pick no backend and count one process
+        # in each, so each would train alone. DeepSpeed (its CPU accelerator) gets gloo named;
+        # data parallelism becomes accelerate's CPU mode (gloo).
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+            from deepspeed.accelerator import get_accelerator
+
+            if get_accelerator().device_name() == "cpu":
+                PartialState(backend="gloo")
+        else:
+            os.environ["ACCELERATE_USE_CPU"] = "1"
     accelerator = Accelerator(
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
     )
+    if accelerator.num_processes != launched:
+        raise RuntimeError(
+            f"{launched} processes were launched (WORLD_SIZE) but accelerate counts "
+            f"{accelerator.num_processes}: each process would train alone; check the launcher "
+            "and the accelerate config"
+        )
     # Global batch = batch_size x processes x grad_accum examples per optimizer step, whatever
     # the process count; --global_batch_size fixes it and derives --grad_accum.
     world = accelerator.num_processes
@@ -272,6 +293,7 @@ def main(argv=None) -> dict:
             max_length=args.max_length, loss=args.loss, average=args.average_log_prob,
             seed=args.seed if args.loss == "mdpo" else None, bf16=use_bf16,
             forward=args.forward, logits_path=args.logits_path, liger=args.liger,
+            weights=str(next(model.parameters()).dtype),  # DeepSpeed's bf16 casts them
         )  # fmt: skip
         cache = ReferenceCache(args.ref_cache_dir or out_dir / "ref_cache", key)
         scorer = model.disable_adapter if args.lora else contextlib.nullcontext

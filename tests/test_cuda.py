@@ -192,7 +192,6 @@ def test_liger_patches_keep_the_model_numerics():
         model, _ = tiny_llava(build_tokenizer())
         model = model.cuda().float()
         patched = copy.deepcopy(model)
-        patch_with_liger(patched)
         cfg = model.config
         side = cfg.vision_config.image_size
         n_image = (side // cfg.vision_config.patch_size) ** 2
@@ -203,7 +202,9 @@ def test_liger_patches_keep_the_model_numerics():
         labels = ids.clone()
         labels[:, : 1 + n_image] = -100
         outputs = []
-        for m in (model, patched):
+        for m in (model, patched):  # the plain model first: Liger's RoPE is process-wide
+            if m is patched:
+                patch_with_liger(patched)
             logps = sequence_logps(m(input_ids=ids, pixel_values=pixels).logits, labels)
             logps.sum().backward()
             outputs.append((logps, m.model.language_model.layers[0].mlp.up_proj.weight.grad))

@@ -9,7 +9,7 @@ import torch
 from symmpo.train.model import apply_liger, patch_with_liger, tiny_llava
 from symmpo.train.tokenizer import build_tokenizer
 
-pytestmark = pytest.mark.skipif(
+needs_liger = pytest.mark.skipif(
     importlib.util.find_spec("liger_kernel") is None, reason="liger-kernel (bench extra)"
 )
 
@@ -22,6 +22,8 @@ def restore_llama_module():
 
     saved = dict(vars(modeling_llama))
     yield modeling_llama
+    for name in set(vars(modeling_llama)) - set(saved):
+        delattr(modeling_llama, name)
     for name, value in saved.items():
         setattr(modeling_llama, name, value)
 
@@ -30,6 +32,7 @@ def forward_names(model):
     return {name: module.forward.__qualname__ for name, module in model.named_modules()}
 
 
+@needs_liger
 def test_patches_reach_the_language_model_only(restore_llama_module):
     model, _ = tiny_llava(build_tokenizer())
     plain_rope = restore_llama_module.apply_rotary_pos_emb

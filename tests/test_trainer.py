@@ -247,21 +247,47 @@ def test_bad_record_stops_before_training(tmp_path):
     assert train.main([*args, "--skip_bad_records"])["skipped"] == 1
 
 
-def test_real_model_folder_loads_through_auto_classes(tmp_path, tiny):
-    """--model_name_or_path: a LLaVA checkpoint folder (model + processor) loads offline."""
+def save_tiny_checkpoint(folder, tiny):
+    """The tiny model and its processor as a LLaVA checkpoint folder."""
     from transformers import LlavaProcessor
 
     tokenizer, model, image_processor = tiny
-    folder = tmp_path / "llava-tiny"
     model.save_pretrained(folder)
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                patch_size=model.config.vision_config.patch_size,
                                vision_feature_select_strategy="default")  # fmt: skip
     processor.save_pretrained(folder)
+    return folder
+
+
+def test_real_model_folder_loads_through_auto_classes(tmp_path, tiny):
+    """--model_name_or_path: a LLaVA checkpoint folder (model + processor) loads offline."""
+    folder = save_tiny_checkpoint(tmp_path / "llava-tiny", tiny)
     train = load_train_module()
     result = train.main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "o"),
                          "--max_steps", "2", "--gradient_checkpointing", *SMALL])  # fmt: skip
     assert len(result["history"]) == 2
+
+
+def test_checkpoint_loads_with_the_attention_chosen_per_sub_model(tmp_path, tiny, monkeypatch):
+    """build_policy hands attention_implementation's per-sub-config choice (as with flash-attn
+    installed and the shared-prefix forward) to from_pretrained."""
+    from symmpo.train import model as model_module
+
+    folder = save_tiny_checkpoint(tmp_path / "llava-tiny", tiny)
+    asked = []
+
+    def choose(device, shared_prefix=False):
+        asked.append(shared_prefix)
+        return {"text_config": "sdpa", "vision_config": "eager"} if shared_prefix else "eager"
+
+    monkeypatch.setattr(model_module, "attention_implementation", choose)
+    shared, *_ = model_module.build_policy(str(folder), 0, torch.device("cpu"), False, True)
+    plain, *_ = model_module.build_policy(str(folder), 0, torch.device("cpu"), False)
+    assert asked == [True, False]
+    assert shared.config.text_config._attn_implementation == "sdpa"
+    assert shared.config.vision_config._attn_implementation == "eager"
+    assert plain.config.text_config._attn_implementation == "eager"
 
 
 def test_reference_cache_resumes_and_keys_on_fingerprint(tmp_path, tiny):

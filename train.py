@@ -37,6 +37,7 @@ from symmpo.train.data import BadRecord, load_records, records_from_rows, split_
 from symmpo.train.model import LORA_PRESET, add_lora, apply_liger, build_policy, num_image_tokens
 from symmpo.train.objectives import FORWARDS, LOSSES, compute_loss, score_batch
 from symmpo.train.reference_cache import ReferenceCache, file_identity, fingerprint
+from symmpo.train.shared_varlen import use_varlen_attention
 
 # ---------------------------------------------------------------------------------------------
 # Settings. Defaults for a real model follow the released SymMPO scripts (beta 0.1, lambda 0.5,
@@ -58,6 +59,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("naive", "shared"),
         default="naive",
         help="shared: each image + question prefix encoded once (2P + 5R tokens)",
+    )
+    p.add_argument(
+        "--shared_attention",
+        choices=("mask", "varlen"),
+        default="mask",
+        help="--forward shared: padded rows and a 4-D mask (sdpa), or one unpadded stream and "
+        "variable-length attention (flash-attn or PyTorch's varlen kernel on CUDA)",
     )
     p.add_argument("--logits_path", action="store_true", help="lm_head + symmpo_loss instead")
     p.add_argument("--max_steps", type=int, default=None, help="default: 1200 tiny, 1 epoch real")
@@ -200,6 +208,8 @@ def main(argv=None) -> dict:
                 zero[key] = value
     if args.liger:
         apply_liger(model, device)
+    if args.forward == "shared" and args.shared_attention == "varlen":
+        use_varlen_attention(model)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -292,7 +302,9 @@ def main(argv=None) -> dict:
             model=model_identity, data=data_identity, template=collator.template.version,
             max_length=args.max_length, loss=args.loss, average=args.average_log_prob,
             seed=args.seed if args.loss == "mdpo" else None, bf16=use_bf16,
-            forward=args.forward, logits_path=args.logits_path, liger=args.liger,
+            forward=args.forward,
+            shared_attention=args.shared_attention if args.forward == "shared" else None,
+            logits_path=args.logits_path, liger=args.liger,
             weights=str(next(model.parameters()).dtype),  # DeepSpeed's bf16 casts them
         )  # fmt: skip
         cache = ReferenceCache(args.ref_cache_dir or out_dir / "ref_cache", key)

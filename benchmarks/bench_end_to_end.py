@@ -13,7 +13,10 @@ Batch: B = 4 examples, a 40-token question, responses of about R tokens (R = 75,
   online reference model (a second frozen copy) scored the same way;
 - naive: `--forward naive`: 2B images, one pass over 5B sequences, symmpo_loss_from_hidden,
   precomputed reference log-probs;
-- shared: `--forward shared`: each (image, question) prefix once, 2P + 5R tokens an example.
+- shared: `--forward shared`: each (image, question) prefix once, 2P + 5R tokens an example,
+  padded rows and a 4-D mask (sdpa);
+- shared_varlen: `--forward shared --shared_attention varlen`: the same tokens as one unpadded
+  stream, variable-length attention (flash-attn's kernel, else PyTorch's varlen_attn).
 
 Rows: step time (ms, median), sequence tokens per second (5B(P + R) tokens a step for all
 three), peak memory (MiB, weights included). For op end_to_end the n_positions column holds R.
@@ -37,6 +40,7 @@ from symmpo.train.data import PreferenceRecord
 from symmpo.train.model import add_lora, naive_forward, num_image_tokens
 from symmpo.train.objectives import compute_loss
 from symmpo.train.shared_prefix import shared_forward
+from symmpo.train.shared_varlen import use_varlen_attention
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -158,8 +162,19 @@ def policy():
 # Provider is the outer loop (the bottom decorator): naive and shared run before the reference
 # copy of released_way exists, so their peak memory holds one model, as in their real use.
 @pytest.mark.parametrize("response_length", RESPONSES)
-@pytest.mark.parametrize("provider", ["naive", "shared", "released_way"])
+@pytest.mark.parametrize("provider", ["naive", "shared", "shared_varlen", "released_way"])
 def test_end_to_end_step(benchmark, policy, response_length, provider):
+    if provider == "shared_varlen":  # back to sdpa afterwards: the policy serves every provider
+        use_varlen_attention(policy.get_base_model())
+        try:
+            run_step(benchmark, policy, response_length, provider)
+        finally:
+            policy.get_base_model().set_attn_implementation({"text_config": "sdpa"})
+    else:
+        run_step(benchmark, policy, response_length, provider)
+
+
+def run_step(benchmark, policy, response_length, provider):
     ref_model = reference_model() if provider == "released_way" else None
     llava_cfg = policy.get_base_model().config
     size = llava_cfg.vision_config.image_size

@@ -48,7 +48,7 @@ for step in $STEPS; do
                     --benchmark-disable benchmarks/bench_fused_linear.py ;;
     liger) run liger timeout 120 python3 train.py --liger --max_steps 5 --n_train 32 --heldout 8 \
              --batch_size 4 --eval_generate 2 --logging_steps 1 --output_dir /tmp/liger_run ;;
-    e2e) run e2e timeout 300 python3 -m pytest -q -s -p no:cacheprovider --benchmark-disable \
+    e2e) run e2e timeout 360 python3 -m pytest -q -s -p no:cacheprovider --benchmark-disable \
            benchmarks/bench_end_to_end.py ;;
     *) echo "unknown step $step"; status=1 ;;
   esac

@@ -3,7 +3,7 @@
     python benchmarks/plot_end_to_end.py [--device "NVIDIA H100 80GB HBM3"] [--out FILE]
 
 Reads benchmarks/results/results.csv (rows of bench_end_to_end.py) and draws, for one device,
-one line per provider (released_way, naive, shared) in two panels.
+one line per provider (released_way, naive, shared, shared_varlen) in two panels.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ LABELS = {
     "released_way": "(a) released code: 5B images, full logits, online reference",
     "naive": "(b) --forward naive + symmpo_loss_from_hidden",
     "shared": "(c) --forward shared",
+    "shared_varlen": "(c') --forward shared --shared_attention varlen",
 }
 
 

@@ -75,7 +75,7 @@ def test_cpu_memory_probe_separates_the_paths():
 
 def test_end_to_end_benchmark_runs_and_plots(tmp_path):
     rows = _run_bench("bench_end_to_end.py", tmp_path)
-    assert {r["provider"] for r in rows} == {"released_way", "naive", "shared"}
+    assert {r["provider"] for r in rows} == {"released_way", "naive", "shared", "shared_varlen"}
     from plot_end_to_end import main as plot
 
     out = plot(["--csv", str(tmp_path / "results.csv"), "--out", str(tmp_path / "p.png")])

@@ -155,7 +155,8 @@ def test_fused_linear_bf16_errors_within_torch():
         assert g_err <= 1.5 * e_err + 1e-3, (g_err, e_err)
 
 
-def test_shared_prefix_forward_matches_naive_on_cuda():
+@pytest.mark.parametrize("attention", ["mask", "varlen"])
+def test_shared_prefix_forward_matches_naive_on_cuda(attention):
     from symmpo.train.collator import PreferenceCollator
     from symmpo.train.data import records_from_rows
     from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava
@@ -171,8 +172,44 @@ def test_shared_prefix_forward_matches_naive_on_cuda():
                                   num_image_tokens(model.config))  # fmt: skip
     batch = collator(records_from_rows(make_synthetic_records(4, seed=2))[0])
     naive = score_batch(model, batch, average=False, forward=naive_forward)
+    if attention == "varlen":  # float32: the varlen route's sdpa reference on CUDA
+        from symmpo.train.shared_varlen import use_varlen_attention
+
+        use_varlen_attention(model)
     shared = score_batch(model, batch, average=False, forward=shared_forward)
     torch.testing.assert_close(shared, naive, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kv_heads", [8, 2])
+def test_varlen_kernel_is_causal_bottom_right(kv_heads):
+    """--shared_attention varlen: the CUDA varlen kernel (flash-attn's, else PyTorch's) on bf16
+    against the per-sequence sdpa reference in float32, forward and backward; responses of
+    R tokens attend to P + R keys (prefix then themselves)."""
+    from symmpo.train.shared_varlen import sdpa_varlen, varlen_causal_attention, varlen_kernel
+
+    if varlen_kernel("cuda") == "sdpa":
+        pytest.skip("neither flash-attn nor torch.nn.attention.varlen is available")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q_lengths, k_lengths = [150, 1, 37], [750, 601, 640]
+    cu_q = [0, *torch.tensor(q_lengths).cumsum(0).tolist()]
+    cu_k = [0, *torch.tensor(k_lengths).cumsum(0).tolist()]
+    q = torch.randn(cu_q[-1], 8, 64, device="cuda", generator=gen)
+    k = torch.randn(cu_k[-1], kv_heads, 64, device="cuda", generator=gen)
+    v = torch.randn(cu_k[-1], kv_heads, 64, device="cuda", generator=gen)
+    grad_out = torch.randn(cu_q[-1], 8, 64, device="cuda", generator=gen)
+    results = []
+    for dtype in (torch.bfloat16, torch.float32):
+        inputs = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+        if dtype == torch.bfloat16:
+            as_int = lambda cu: torch.tensor(cu, dtype=torch.int32, device="cuda")  # noqa: E731
+            out = varlen_causal_attention(*inputs, as_int(cu_q), as_int(cu_k), cu_q, cu_k,
+                                          max(q_lengths), max(k_lengths), 0.125)  # fmt: skip
+        else:
+            out = sdpa_varlen(*inputs, cu_q, cu_k, 0.125)
+        out.backward(grad_out.to(dtype))
+        results.append([out.float(), *(t.grad.float() for t in inputs)])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
 def test_liger_patches_keep_the_model_numerics():

@@ -1,5 +1,6 @@
 """The shared-prefix forward is exact: same log-probs, loss and gradients as the naive one."""
 
+import copy
 import importlib.util
 import pathlib
 
@@ -7,11 +8,13 @@ import pytest
 import torch
 
 from symmpo import SymMPOConfig
+from symmpo.train import shared_varlen
 from symmpo.train.collator import PreferenceCollator
 from symmpo.train.data import records_from_rows
 from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava
 from symmpo.train.objectives import compute_loss, score_batch
 from symmpo.train.shared_prefix import shared_attention_mask, shared_forward
+from symmpo.train.shared_varlen import build_varlen_layout, sdpa_varlen, use_varlen_attention
 from symmpo.train.synthetic import make_synthetic_records
 from symmpo.train.tokenizer import build_tokenizer
 
@@ -25,6 +28,15 @@ def tiny():
     return tokenizer, model.float(), processor
 
 
+def routed(model, attention: str):
+    """The model itself for the 4-D mask route, a copy on the varlen attention otherwise."""
+    if attention == "mask":
+        return model
+    varlen = copy.deepcopy(model)
+    use_varlen_attention(varlen)
+    return varlen
+
+
 def collate(tiny, loss="symmpo", n=3, seed=11):
     tokenizer, model, processor = tiny
     collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
@@ -32,26 +44,36 @@ def collate(tiny, loss="symmpo", n=3, seed=11):
     return collator(records_from_rows(make_synthetic_records(n, seed=seed))[0])
 
 
+@pytest.mark.parametrize("attention", ["mask", "varlen"])
 @pytest.mark.parametrize("loss", ["symmpo", "dpo", "mdpo"])
-def test_per_sequence_logps_match_on_random_inputs(tiny, loss):
-    model = tiny[1]
+def test_per_sequence_logps_match_on_random_inputs(tiny, loss, attention, monkeypatch):
+    model = copy.deepcopy(tiny[1])
+    torch.manual_seed(0)
     with torch.no_grad():  # random weights, scaled up so the comparison is not trivially flat
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     batch = collate(tiny, loss, n=4, seed=21)
     naive = score_batch(model, batch, average=False, forward=naive_forward)
-    shared = score_batch(model, batch, average=False, forward=shared_forward)
+    calls = []
+    real_sdpa_varlen = shared_varlen.sdpa_varlen
+    monkeypatch.setattr(shared_varlen, "sdpa_varlen",
+                        lambda *a: calls.append(a) or real_sdpa_varlen(*a))  # fmt: skip
+    shared = score_batch(routed(model, attention), batch, average=False, forward=shared_forward)
+    layers = model.config.text_config.num_hidden_layers
+    assert len(calls) == (2 * layers if attention == "varlen" else 0)  # prefixes, responses
     torch.testing.assert_close(shared, naive, rtol=1e-5, atol=1e-4)
     assert batch["shared"]["n_tokens"] < batch["n_tokens"]
 
 
-def test_loss_and_gradients_match(tiny):
-    model = tiny[1]
+@pytest.mark.parametrize("attention", ["mask", "varlen"])
+def test_loss_and_gradients_match(tiny, attention):
     batch = collate(tiny)
     ref = -torch.rand(15) * 30
     results = {}
     for name, forward in (("naive", naive_forward), ("shared", shared_forward)):
-        model.zero_grad()
+        model = copy.deepcopy(tiny[1])
+        if name == "shared":
+            model = routed(model, attention)
         out = compute_loss(model, batch, ref, "symmpo", SymMPOConfig(), forward=forward)
         out.loss.backward()
         grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
@@ -77,7 +99,11 @@ def test_mask_each_response_sees_prefix_and_itself_only():
     assert torch.equal(visible, expected)
 
 
-@pytest.mark.parametrize("extra", [[], ["--gradient_checkpointing"]])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--gradient_checkpointing"], ["--gradient_checkpointing", "--shared_attention", "varlen"],
+     ["--ref", "model", "--shared_attention", "varlen"]],
+)  # fmt: skip
 def test_one_train_step_naive_vs_shared(tmp_path, extra):
     """The issue's acceptance check: same seed, one step, loss within 1e-4, grad norm 1e-3."""
     spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
@@ -111,3 +137,40 @@ def test_flash_attn_installed_keeps_sdpa_for_the_shared_language_model(monkeypat
         "text_config": "sdpa", "vision_config": "flash_attention_2"
     }  # fmt: skip
     assert model_module.attention_implementation(cpu, shared_prefix=True) == "sdpa"
+
+
+def test_varlen_layout_by_hand():
+    # Row 0: prefix (2 tokens), response 1 (2), response 2 (1), padding. Row 1: prefix (3),
+    # response 3 (1), padding. Stream: [p p a a b | P P P c] -> positions 0..8.
+    segments = torch.tensor([[0, 0, 1, 1, 2, -1], [0, 0, 0, 3, -1, -1]])
+    layout, stream = build_varlen_layout(segments)
+    assert stream.tolist() == [[0, 1, 2, 3, 4, -1], [5, 6, 7, 8, -1, -1]]
+    assert layout.prefix_index.tolist() == [0, 1, 5, 6, 7]
+    assert layout.cu_prefix.tolist() == [0, 2, 5] and layout.max_prefix == 3
+    assert layout.response_index.tolist() == [2, 3, 4, 8]
+    assert layout.cu_query.tolist() == [0, 2, 3, 4] and layout.max_query == 2
+    # Each response's keys: its prefix, then itself.
+    assert layout.kv_index.tolist() == [0, 1, 2, 3, 0, 1, 4, 5, 6, 7, 8]
+    assert layout.cu_key.tolist() == [0, 4, 7, 11] and layout.max_key == 4
+    order = torch.cat([layout.prefix_index, layout.response_index])
+    assert torch.equal(order[layout.inverse], torch.arange(9))
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
+def test_sdpa_varlen_is_causal_bottom_right(heads, kv_heads):
+    """Query j of a q-sequence of length R against keys of length P + R sees keys 0..P + j."""
+    gen = torch.Generator().manual_seed(0)
+    cu_q, cu_k = [0, 3, 4], [0, 5, 7]  # (R, P + R) = (3, 5) and (1, 2)
+    q = torch.randn(4, heads, 8, generator=gen, dtype=torch.float64)
+    k = torch.randn(7, kv_heads, 8, generator=gen, dtype=torch.float64)
+    v = torch.randn(7, kv_heads, 8, generator=gen, dtype=torch.float64)
+    got = sdpa_varlen(q, k, v, cu_q, cu_k, scale=0.3)
+    for seq in range(2):
+        n_q, n_k = cu_q[seq + 1] - cu_q[seq], cu_k[seq + 1] - cu_k[seq]
+        for j in range(n_q):
+            for h in range(heads):
+                kh = h // (heads // kv_heads)
+                keys = k[cu_k[seq] : cu_k[seq] + n_k - n_q + j + 1, kh]
+                values = v[cu_k[seq] : cu_k[seq] + n_k - n_q + j + 1, kh]
+                weights = torch.softmax(0.3 * keys @ q[cu_q[seq] + j, h], 0)
+                torch.testing.assert_close(got[cu_q[seq] + j, h], weights @ values)

@@ -174,3 +174,39 @@ def test_sdpa_varlen_is_causal_bottom_right(heads, kv_heads):
                 values = v[cu_k[seq] : cu_k[seq] + n_k - n_q + j + 1, kh]
                 weights = torch.softmax(0.3 * keys @ q[cu_q[seq] + j, h], 0)
                 torch.testing.assert_close(got[cu_q[seq] + j, h], weights @ values)
+
+
+@pytest.mark.parametrize("new_api", [True, False])
+def test_torch_varlen_kernel_gets_its_signature(monkeypatch, new_api):
+    """PyTorch's varlen_attn changed its signature across releases: newer ones take
+    window_size, scale and enable_gqa; older ones is_causal only (default scale, equal heads)."""
+    import torch.nn.attention.varlen as varlen_module
+
+    seen = {}
+    if new_api:
+
+        def fake(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None,
+                 window_size=(-1, -1), enable_gqa=False):  # fmt: skip
+            seen.update(window=window_size, scale=scale, gqa=enable_gqa, kv_heads=k.shape[1])
+            return sdpa_varlen(q, k, v, cu_q.tolist(), cu_k.tolist(), scale)
+    else:
+
+        def fake(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
+            seen.update(causal=is_causal, kv_heads=k.shape[1])
+            return sdpa_varlen(q, k, v, cu_q.tolist(), cu_k.tolist(), None)
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", fake)
+    monkeypatch.setattr(shared_varlen, "varlen_kernel", lambda device_type: "torch")
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(4, 4, 8, generator=gen).bfloat16()
+    k, v = (torch.randn(7, 2, 8, generator=gen).bfloat16() for _ in range(2))
+    cu_q, cu_k = [0, 3, 4], [0, 5, 7]
+    as_int = lambda cu: torch.tensor(cu, dtype=torch.int32)  # noqa: E731
+    got = shared_varlen.varlen_causal_attention(
+        q, k, v, as_int(cu_q), as_int(cu_k), cu_q, cu_k, 3, 5, 8**-0.5
+    )
+    torch.testing.assert_close(got, sdpa_varlen(q, k, v, cu_q, cu_k, 8**-0.5))
+    if new_api:
+        assert seen == {"window": (-1, 0), "scale": 8**-0.5, "gqa": True, "kv_heads": 2}
+    else:
+        assert seen == {"causal": True, "kv_heads": 4}  # heads repeated for it

@@ -170,11 +170,21 @@ def varlen_causal_attention(q, k, v, cu_q, cu_k, cu_q_list, cu_k_list, max_q, ma
     if kernel == "torch":
         from torch.nn.attention.varlen import varlen_attn
 
+        # Its signature changed across torch releases: causal as window_size=(-1, 0) (newer)
+        # or is_causal=True; scale and enable_gqa only in newer ones.
         parameters = inspect.signature(varlen_attn).parameters
-        causal = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
-        if k.shape[1] != q.shape[1] and "enable_gqa" in parameters:
-            causal["enable_gqa"] = True
-        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, **causal)
+        options = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
+        if "scale" in parameters:
+            options["scale"] = scale
+        elif scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-12:
+            return sdpa_varlen(q, k, v, cu_q_list, cu_k_list, scale)
+        if k.shape[1] != q.shape[1]:  # grouped-query attention
+            if "enable_gqa" in parameters:
+                options["enable_gqa"] = True
+            else:
+                k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+                v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **options)
     return sdpa_varlen(q, k, v, cu_q_list, cu_k_list, scale)
 
 

@@ -153,6 +153,8 @@ def main(argv=None) -> dict:
     # Global batch = batch_size x processes x grad_accum examples per optimizer step, whatever
     # the process count; --global_batch_size fixes it and derives --grad_accum.
     world = accelerator.num_processes
+    if args.shared_attention != "mask" and args.forward != "shared":
+        raise ValueError("--shared_attention chooses how --forward shared attends: add it")
     tiny = args.model_name_or_path is None
     args.batch_size = args.batch_size or (8 if tiny else 4)
     if args.global_batch_size:

@@ -10,8 +10,8 @@ from .symmpo_terms import (
     SUMMARY_NAMES,
     FusedSymMPOLoss,
     TermsResult,
-    symmpo_terms,
     symmpo_terms_forward,
+    terms_and_summary,
 )
 from .token_logprobs import token_logprobs_backward, token_logprobs_forward
 
@@ -26,8 +26,8 @@ __all__ = [
     "interpreter_enabled",
     "logprobs_backward",
     "logprobs_forward",
-    "symmpo_terms",
     "symmpo_terms_forward",
+    "terms_and_summary",
     "token_logprobs_backward",
     "token_logprobs_forward",
 ]

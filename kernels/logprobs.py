@@ -141,7 +141,7 @@ def _logprobs_bwd_kernel(
     has_next = t < seq_len - 1
     label = tl.load(labels_ptr + label_offset, mask=has_next, other=ignore_index)
     grad_row = grad_ptr + grad_offset
-    if label != ignore_index:
+    if (label != ignore_index) & (label >= 0) & (label < vocab):  # the forward's targets
         g = tl.load(grad_seq_ptr + n).to(tl.float32)
         if HAS_SCALE:
             g = g * tl.load(grad_scale_ptr).to(tl.float32)
@@ -188,10 +188,11 @@ def logprobs_forward(
     check_launchable(logits)
     rows, seq_len, vocab = logits.shape
     block, warps = block_config(vocab, logits.device, block_v, num_warps)
-    zeros = torch.zeros(2 * rows + 1, dtype=torch.float32, device=logits.device)  # one memset
-    sums, counts = zeros[:rows], zeros[rows : 2 * rows].view(torch.int32)
+    sums = torch.zeros(rows, dtype=torch.float32, device=logits.device)  # its own tensor: returned
+    counts_and_spare = torch.zeros(rows + 1, dtype=torch.int32, device=logits.device)
+    counts = counts_and_spare[:rows]
     if bad_labels is None:
-        bad_labels = zeros[2 * rows :].view(torch.int32)
+        bad_labels = counts_and_spare[rows:]
     lse = torch.empty(rows * seq_len if store_lse else 1, dtype=torch.float32, device=logits.device)
     _logprobs_fwd_kernel[(rows * seq_len,)](
         logits,

@@ -230,7 +230,7 @@ class TermsResult(NamedTuple):
     flags: torch.Tensor  # (3,) int32, in FLAG_NAMES order
 
 
-def symmpo_terms(
+def terms_and_summary(
     sums: torch.Tensor,
     ref_logps: torch.Tensor,
     weights: tuple,
@@ -259,7 +259,7 @@ def symmpo_terms(
         policy=new(NUM_KINDS, batch), loss=new(batch), terms=new(4, batch), z=new(3, batch),
         grad=new(NUM_KINDS, batch), rewards=new(NUM_KINDS, batch),
         summary=new(len(SUMMARY_NAMES)), mean_loss=new(),
-        flags=flags if flags is not None else torch.empty(3, dtype=torch.int32, device=sums.device),
+        flags=flags if flags is not None else torch.zeros(3, dtype=torch.int32, device=sums.device),
     )  # fmt: skip
     block = min(max(triton.next_power_of_2(batch), 16), 1024)
     _symmpo_terms_kernel[(1,)](
@@ -277,8 +277,8 @@ def symmpo_terms_forward(
     grad_scale: float | None = None,
 ):
     """(5, B) policy and reference log-probs -> loss (B,), terms (4, B), z (3, B), grad (5, B):
-    ``symmpo_terms`` without counts, for callers that need only these."""
-    result = symmpo_terms(policy_logps, ref_logps, weights, grad_scale=grad_scale)
+    ``terms_and_summary`` without counts, for callers that need only these."""
+    result = terms_and_summary(policy_logps, ref_logps, weights, grad_scale=grad_scale)
     return result.loss, result.terms, result.z, result.grad
 
 
@@ -303,7 +303,7 @@ class FusedSymMPOLoss(torch.autograd.Function):
         flags = torch.zeros(len(FLAG_NAMES), dtype=torch.int32, device=logits.device)
         sums, counts, lse = logprobs_forward(logits, labels, ignore_index, bad_labels=flags)
         batch = logits.shape[0] // NUM_KINDS
-        result = symmpo_terms(
+        result = terms_and_summary(
             sums.view(NUM_KINDS, batch), ref_logps.view(NUM_KINDS, batch), weights,
             counts=counts.view(NUM_KINDS, batch), average=average, flags=flags,
         )  # fmt: skip

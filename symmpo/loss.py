@@ -117,8 +117,9 @@ def symmpo_loss(
     result = fused_symmpo(logits, labels, ref_logps, config, inplace_grad)
     bad_labels, empty, bad_ref = result.flags.tolist()
     if bad_labels or (empty and not config.allow_empty) or (bad_ref and ref_logits is None):
+        checked_ref = None if given_ref_logps is None else given_ref_logps.float()  # as read
         raise_invalid_values(
-            labels, vocab, config.ignore_index, config.allow_empty, ref_logps=given_ref_logps
+            labels, vocab, config.ignore_index, config.allow_empty, ref_logps=checked_ref
         )
     return output_from_terms(result, ref_logps.float())
 

@@ -212,6 +212,35 @@ def test_varlen_kernel_is_causal_bottom_right(kv_heads):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
+def test_shared_varlen_route_with_the_cuda_kernel_under_autocast(monkeypatch):
+    """--shared_attention varlen as full fine-tuning runs it (float32 weights, bf16 autocast):
+    the CUDA varlen kernel (never the sdpa loop) gives the naive forward's log-probs within
+    bf16 attention rounding."""
+    from symmpo.train import shared_varlen
+    from symmpo.train.collator import PreferenceCollator
+    from symmpo.train.data import records_from_rows
+    from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava
+    from symmpo.train.objectives import score_batch
+    from symmpo.train.shared_prefix import shared_forward
+    from symmpo.train.synthetic import make_synthetic_records
+    from symmpo.train.tokenizer import build_tokenizer
+
+    if shared_varlen.varlen_kernel("cuda") == "sdpa":
+        pytest.skip("neither flash-attn nor torch.nn.attention.varlen is available")
+    monkeypatch.setattr(shared_varlen, "sdpa_varlen", lambda *a: pytest.fail("sdpa loop ran"))
+    tokenizer = build_tokenizer()
+    model, processor = tiny_llava(tokenizer, seed=0)
+    model = model.cuda().float()
+    collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
+                                  num_image_tokens(model.config))  # fmt: skip
+    batch = collator(records_from_rows(make_synthetic_records(4, seed=2))[0])
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        naive = score_batch(model, batch, average=True, forward=naive_forward)
+        shared_varlen.use_varlen_attention(model)
+        varlen = score_batch(model, batch, average=True, forward=shared_forward)
+    torch.testing.assert_close(varlen, naive, rtol=0.0, atol=0.05)  # mean log-prob per token
+
+
 def test_liger_patches_keep_the_model_numerics():
     """--liger on CUDA: the tiny model with Liger's RMSNorm/SwiGLU/RoPE gives the unpatched
     model's log-probs and LoRA-free parameter gradients within float32 kernel rounding."""

@@ -145,6 +145,33 @@ def test_autograd_function_matches_reference(average):
     torch.testing.assert_close(a.grad, b.grad)
 
 
+def test_output_is_its_own_tensor():
+    """In-place ops on the returned log-probs work (the result is no view of a kernel buffer)."""
+    logits, labels = _inputs(10, 6, 23, torch.float32)
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    sequence_logps(a, labels, impl="triton").mul_(2.0).sum().backward()
+    (2.0 * sequence_logps(b, labels, impl="torch")).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_labels_outside_the_vocabulary_are_counted_and_skipped():
+    """Kernel level: such a label is never read through, counted in bad_labels, and its
+    position is no target forward or backward (callers raise on the count)."""
+    logits, labels = _inputs(5, 6, 11, torch.float32)
+    labels[1, 3], labels[3, 0] = 11, -7  # a target position, and position 0's label
+    bad = torch.zeros(1, dtype=torch.int32)
+    sums, counts, lse = logprobs_forward(logits, labels, bad_labels=bad)
+    assert bad.item() == 2
+    skipped = labels.clone()
+    skipped[1, 3], skipped[3, 0] = -100, -100
+    assert torch.equal(counts.long(), (skipped[:, 1:] != -100).sum(-1))
+    exact = reference.sequence_logps(logits.double(), skipped)
+    torch.testing.assert_close(sums.double(), exact, rtol=1e-5, atol=1e-5)
+    grad = logprobs_backward(logits, labels, lse, torch.ones(5))
+    assert torch.all(grad[1, 2] == 0)  # position 2 would have predicted labels[1, 3]
+
+
 @triton.jit
 def _offsets_probe_kernel(
     out_ptr, row, seq_len, stride_n, stride_t, label_stride_n, label_stride_t

@@ -8,7 +8,7 @@ from batches import NON_DEFAULT_WEIGHTS, make_batch, weights_of
 from kernel_helpers import assert_error_within, poisoned_allocations
 
 from symmpo import SymMPOConfig, reference, symmpo_loss
-from symmpo_kernels import symmpo_terms, symmpo_terms_forward
+from symmpo_kernels import symmpo_terms_forward, terms_and_summary
 
 CONFIGS = [
     SymMPOConfig(),
@@ -98,7 +98,7 @@ def test_terms_summary_matches_float64(monkeypatch, batch, average):
     ref = -torch.rand(5, batch, generator=gen) * 300
     config = SymMPOConfig(**NON_DEFAULT_WEIGHTS)
     with poisoned_allocations(monkeypatch):
-        result = symmpo_terms(sums, ref, config.kernel_weights, counts=counts, average=average)
+        result = terms_and_summary(sums, ref, config.kernel_weights, counts=counts, average=average)
     policy = sums / counts if average else sums
     torch.testing.assert_close(result.policy, policy)
     expected = _means_float64(policy, ref, config)
@@ -118,7 +118,8 @@ def test_terms_flags_count_empty_sequences_and_bad_references():
     ref = -torch.ones(5, 3)
     ref[2, 1], ref[4, 0], ref[0, 2] = float("nan"), float("-inf"), float("inf")
     flags = torch.zeros(3, dtype=torch.int32)
-    symmpo_terms(-torch.ones(5, 3), ref, SymMPOConfig().kernel_weights, counts=counts, flags=flags)
+    weights = SymMPOConfig().kernel_weights
+    terms_and_summary(-torch.ones(5, 3), ref, weights, counts=counts, flags=flags)
     assert flags.tolist() == [0, 3, 3]  # element 0 belongs to the log-prob kernel
 
 

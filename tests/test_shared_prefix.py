@@ -111,7 +111,9 @@ def test_one_train_step_naive_vs_shared(tmp_path, extra):
     spec.loader.exec_module(train)
     common = ["--n_train", "16", "--heldout", "4", "--batch_size", "4", "--max_steps", "1",
               "--eval_batch_size", "8", *extra]  # fmt: skip
-    runs = {f: train.main([*common, "--forward", f, "--output_dir", str(tmp_path / f)])
+    naive_args = [a for a in common if a not in ("--shared_attention", "varlen")]
+    runs = {f: train.main([*(naive_args if f == "naive" else common), "--forward", f,
+                           "--output_dir", str(tmp_path / f)])
             for f in ("naive", "shared")}  # fmt: skip
     naive, shared = runs["naive"]["history"][0], runs["shared"]["history"][0]
     assert abs(shared["loss"] - naive["loss"]) <= 1e-4 * abs(naive["loss"])
@@ -176,7 +178,17 @@ def test_sdpa_varlen_is_causal_bottom_right(heads, kv_heads):
                 torch.testing.assert_close(got[cu_q[seq] + j, h], weights @ values)
 
 
+@pytest.fixture
+def fresh_varlen_signature():
+    """The cached signature of torch's varlen_attn forgotten before and after a test that
+    replaces the function."""
+    shared_varlen._torch_varlen_parameters.cache_clear()
+    yield
+    shared_varlen._torch_varlen_parameters.cache_clear()
+
+
 @pytest.mark.parametrize("new_api", [True, False])
+@pytest.mark.usefixtures("fresh_varlen_signature")
 def test_torch_varlen_kernel_gets_its_signature(monkeypatch, new_api):
     """PyTorch's varlen_attn changed its signature across releases: newer ones take
     window_size, scale and enable_gqa; older ones is_causal only (default scale, equal heads)."""
@@ -210,3 +222,38 @@ def test_torch_varlen_kernel_gets_its_signature(monkeypatch, new_api):
         assert seen == {"window": (-1, 0), "scale": 8**-0.5, "gqa": True, "kv_heads": 2}
     else:
         assert seen == {"causal": True, "kv_heads": 4}  # heads repeated for it
+
+
+@pytest.mark.usefixtures("fresh_varlen_signature")
+def test_varlen_kernel_runs_in_the_autocast_dtype(monkeypatch):
+    """Under autocast with float32 weights RoPE hands over float32 q, k and a bf16 v: the
+    16-bit kernels get all three in the autocast dtype (not the sdpa fallback)."""
+    import torch.nn.attention.varlen as varlen_module
+
+    seen = []
+
+    def fake(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return sdpa_varlen(q, k, v, cu_q.tolist(), cu_k.tolist(), scale)
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", fake)
+    monkeypatch.setattr(shared_varlen, "varlen_kernel", lambda device_type: "torch")
+    q, k = torch.randn(4, 2, 8), torch.randn(7, 2, 8)
+    v = torch.randn(7, 2, 8).bfloat16()
+    cu_q, cu_k = torch.tensor([0, 3, 4], dtype=torch.int32), torch.tensor([0, 5, 7]).int()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = shared_varlen.varlen_causal_attention(
+            q, k, v, cu_q, cu_k, [0, 3, 4], [0, 5, 7], 3, 5, None
+        )
+    assert seen == [(torch.bfloat16,) * 3] and out.dtype == torch.bfloat16
+    shared_varlen.varlen_causal_attention(q, k, v.float(), cu_q, cu_k, [0, 3, 4], [0, 5, 7], 3,
+                                          5, None)  # fmt: skip
+    assert len(seen) == 1  # float32 without autocast: the sdpa loop
+
+
+def test_shared_attention_needs_the_shared_forward(tmp_path):
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    with pytest.raises(ValueError, match="--shared_attention chooses how --forward shared"):
+        train.main(["--shared_attention", "varlen", "--output_dir", str(tmp_path)])

@@ -79,6 +79,15 @@ def test_ref_logps_non_finite(batch, bad, impl):
         symmpo_loss(logits, labels, ref, impl=impl)
 
 
+def test_float64_ref_logps_beyond_float32_range(batch):
+    """The Triton path reads the reference in float32: -1e300 is -inf there, and says so."""
+    logits, labels, ref = batch
+    ref = ref.double()
+    ref[2] = -1e300
+    with pytest.raises(ValueError, match=r"ref_logps holds non-finite values"):
+        symmpo_loss(logits, labels, ref, impl="triton")
+
+
 def test_ref_logps_not_floating(batch):
     logits, labels, _ = batch
     with pytest.raises(TypeError, match=r"ref_logps must be a floating tensor"):

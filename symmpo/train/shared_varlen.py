@@ -147,20 +147,43 @@ def sdpa_varlen(q, k, v, cu_q, cu_k, scale):
 
 @functools.cache
 def varlen_kernel(device_type: str) -> str:
-    """ "flash_attn", "torch" or "sdpa": which kernel the varlen attention uses on a device."""
+    """ "flash_attn", "torch" or "sdpa": which kernel the varlen attention uses on a device.
+
+    flash-attn counts only from 2.1, which aligned the causal mask bottom-right for queries
+    shorter than keys (top-left before)."""
     if device_type == "cuda":
         if importlib.util.find_spec("flash_attn") is not None:
-            return "flash_attn"
+            from importlib.metadata import version
+
+            major, minor = (int(x) for x in version("flash_attn").split(".")[:2])
+            if (major, minor) >= (2, 1):
+                return "flash_attn"
         if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
             return "torch"
     return "sdpa"
 
 
+@functools.cache
+def _torch_varlen_parameters() -> frozenset:
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
 def varlen_causal_attention(q, k, v, cu_q, cu_k, cu_q_list, cu_k_list, max_q, max_k, scale):
     """Causal attention of each query sequence on its key sequence, aligned bottom-right."""
     kernel = varlen_kernel(q.device.type)
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        kernel = "sdpa"  # flash-attention's kernels take 16-bit inputs only
+    if kernel != "sdpa":
+        # flash-attention's kernels take 16-bit inputs only. Under autocast with float32 weights
+        # RoPE hands over float32 q, k and a 16-bit v: run in the autocast dtype, as the
+        # attention would under autocast; float32 without autocast takes the sdpa loop.
+        device_type = q.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else q.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        else:
+            kernel = "sdpa"
     if kernel == "flash_attn":
         from flash_attn import flash_attn_varlen_func
 
@@ -172,7 +195,7 @@ def varlen_causal_attention(q, k, v, cu_q, cu_k, cu_q_list, cu_k_list, max_q, ma
 
         # Its signature changed across torch releases: causal as window_size=(-1, 0) (newer)
         # or is_causal=True; scale and enable_gqa only in newer ones.
-        parameters = inspect.signature(varlen_attn).parameters
+        parameters = _torch_varlen_parameters()
         options = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
         if "scale" in parameters:
             options["scale"] = scale

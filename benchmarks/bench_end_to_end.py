@@ -19,7 +19,9 @@ Batch: B = 4 examples, a 40-token question, responses of about R tokens (R = 75,
   stream, variable-length attention (flash-attn's kernel, else PyTorch's varlen_attn).
 
 Rows: step time (ms, median), sequence tokens per second (5B(P + R) tokens a step for all
-three), peak memory (MiB, weights included). For op end_to_end the n_positions column holds R.
+providers), peak memory (MiB, weights included) and the memory resident between steps (weights,
+adapters, optimizer state), so that a step's own memory is their difference. For op
+end_to_end the n_positions column holds R.
 """
 
 from __future__ import annotations
@@ -198,9 +200,12 @@ def run_step(benchmark, policy, response_length, provider):
             torch.cuda.synchronize()
 
     step()  # warm-up (allocator, kernels)
+    resident = None
     if CUDA:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        # Between steps: weights (both models for released_way), adapters, AdamW state.
+        resident = torch.cuda.memory_allocated() / 2**20
     times = []
     for _ in range(STEPS):
         start = time.perf_counter()
@@ -218,6 +223,7 @@ def run_step(benchmark, policy, response_length, provider):
             make_row(*common, "tokens_per_s", tokens / (ms / 1e3), env)]  # fmt: skip
     if peak is not None:
         rows.append(make_row(*common, "peak_mem_mb", peak, env))
+        rows.append(make_row(*common, "resident_mem_mb", resident, env))
     write_rows(rows)
     print(f"\n{provider:>13} R={response_length:<4} {ms:9.1f} ms  {tokens / (ms / 1e3):9.0f} tok/s"
           f"  peak {peak if peak is not None else float('nan'):9.0f} MiB")  # fmt: skip

@@ -9,7 +9,7 @@ example (../shared/SPEC.md, "The loss" and "Gradients"):
 
 with ls = log sigmoid, and dL/ds_k of the batch mean (the 1/B included), the implicit rewards,
 and the batch means every trainer logs (term means, accuracies z > 0, reward margins, mean
-rewards). Reads 60 B bytes, writes 4 (5+1+4+3+5+5) B + 84 bytes in one program: the launch is
+rewards). Reads 60 B bytes, writes 4 (5+1+4+3+5+5) B + 76 bytes in one program: the launch is
 tiny, and it replaces some thirty small launches (autograd graph, metrics, input checks).
 """
 

@@ -5,7 +5,8 @@
 
 Model: LLaVA-1.5-7B's configuration (CLIP ViT-L/14 at 336 px, 576 image tokens; Llama 7B,
 vocabulary 32064) built from the config with random weights (nothing downloaded), LoRA r = 128
-on every linear layer of the language model, gradient checkpointing, AdamW on the adapters.
+on every linear layer of the language model (float32 adapters, as peft makes them), gradient
+checkpointing, AdamW on the adapters, every step under bf16 autocast as train.py runs it.
 Batch: B = 4 examples, a 40-token question, responses of about R tokens (R = 75, 150, 300).
 
 - released_way: the released code's step: each of the 5B sequences carries its own image
@@ -187,13 +188,16 @@ def run_step(benchmark, policy, response_length, provider):
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
 
     def step():
-        if provider == "released_way":
-            loss = released_way_loss(policy, ref_model, batch)
-        else:
-            forward = naive_forward if provider == "naive" else shared_forward
-            loss = compute_loss(policy, batch, ref_logps, "symmpo", SymMPOConfig(),
-                                forward=forward).loss  # fmt: skip
-        loss.backward()
+        # bf16 autocast, as train.py runs every forward and backward on CUDA: peft keeps the
+        # adapters in float32, and without autocast their matmuls would run in float32.
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=CUDA):
+            if provider == "released_way":
+                loss = released_way_loss(policy, ref_model, batch)
+            else:
+                forward = naive_forward if provider == "naive" else shared_forward
+                loss = compute_loss(policy, batch, ref_logps, "symmpo", SymMPOConfig(),
+                                    forward=forward).loss  # fmt: skip
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if CUDA:

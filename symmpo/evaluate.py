@@ -378,6 +378,7 @@ def evaluate_checkpoint(checkpoint):
     from .train.data import load_records, records_from_rows, split_heldout
     from .train.model import add_lora, build_policy, num_image_tokens
     from .train.objectives import FORWARDS, score_batch
+    from .train.shared_varlen import use_varlen_attention
 
     state = json.loads((pathlib.Path(checkpoint) / "trainer_state.json").read_text())
     run = SimpleNamespace(**state["args"])
@@ -389,11 +390,15 @@ def evaluate_checkpoint(checkpoint):
         run.model_name_or_path, run.seed, device, bf16_weights, shared
     )
     reference = None
-    if run.lora:
-        model = add_lora(model, run.lora_r, run.lora_alpha, run.lora_dropout)
-    else:
+    if not run.lora:
         reference, *_ = build_policy(run.model_name_or_path, run.seed, device, bf16_weights, shared)
         reference.eval()
+    if shared and getattr(run, "shared_attention", "mask") == "varlen":  # as in training
+        for m in (model, reference):
+            if m is not None:
+                use_varlen_attention(m)
+    if run.lora:
+        model = add_lora(model, run.lora_r, run.lora_alpha, run.lora_dropout)
     load_weights(checkpoint, model)
     if run.data is None:
         from .train.synthetic import synthetic_splits

@@ -112,3 +112,26 @@ def test_evaluate_cli_on_checkpoint_with_amber_and_chair_files(trained_run, tmp_
     assert result["chair_CHAIRs"] == 1.0 and result["chair_CHAIRi"] == pytest.approx(0.5)
     last = json.loads((trained_run / "eval.jsonl").read_text().splitlines()[-1])
     assert last["checkpoint"] == str(checkpoint)
+
+
+def test_checkpoint_of_a_varlen_run_evaluates_like_the_run(tmp_path, monkeypatch):
+    """A --forward shared --shared_attention varlen run: evaluate rebuilds the model on the same
+    attention and scores the checkpoint as the run's own last evaluation did."""
+    from symmpo.train import shared_varlen
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    out = tmp_path / "run"
+    train.main(["--n_train", "8", "--heldout", "4", "--batch_size", "4", "--max_steps", "2",
+                "--eval_generate", "1", "--forward", "shared", "--shared_attention", "varlen",
+                "--output_dir", str(out)])  # fmt: skip
+    switched = []
+    real = shared_varlen.use_varlen_attention
+    monkeypatch.setattr(shared_varlen, "use_varlen_attention",
+                        lambda m: switched.append(m) or real(m))  # fmt: skip
+    result = main(["--checkpoint", str(out / "checkpoint-2")])
+    assert len(switched) == 2  # policy and reference (full fine-tuning)
+    last = json.loads((out / "eval.jsonl").read_text().splitlines()[-1])
+    for key in ("logp_accuracy", "reward_accuracy", "reward_margin", "hallucination_rate"):
+        assert result[key] == pytest.approx(last[key], rel=1e-5, abs=1e-7), key

@@ -144,6 +144,7 @@ def main(argv=None) -> dict:
     accelerator = Accelerator(
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # accelerate fills it in for mpirun
     if accelerator.num_processes != launched:
         raise RuntimeError(
             f"{launched} processes were launched (WORLD_SIZE) but accelerate counts "

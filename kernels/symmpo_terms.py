@@ -285,10 +285,11 @@ def symmpo_terms_forward(
 class FusedSymMPOLoss(torch.autograd.Function):
     """Kind-major (5B, T, V) logits -> the SymMPO batch-mean loss, with no autograd graph inside.
 
-    Forward, three launches after one memset: the log-prob kernel (saving 4 bytes of LSE per
-    position and counting bad labels), then the terms kernel (per-example outputs, dL/ds, batch
-    means, validation flags). Backward, one launch: the log-prob backward kernel with
-    g = dL/ds * grad_output (/ count when averaged) folded in, writing dL/dlogits once.
+    Forward, two kernels after three memsets (flags, sums, counts): the log-prob kernel (saving
+    4 bytes of LSE per position and counting bad labels), then the terms kernel (per-example
+    outputs, dL/ds, batch means, validation flags). Backward, one launch: the log-prob backward
+    kernel with g = dL/ds * grad_output (/ count when averaged) folded in, writing dL/dlogits
+    once.
     Outputs: the TermsResult fields, of which only ``mean_loss`` is differentiable. The caller
     must read ``flags`` (one sync) before trusting the result: labels outside the vocabulary
     are skipped by the kernels (never read through) and only counted there.

@@ -51,11 +51,11 @@ class SymMPOOutput:
             "reward_margin_pair1",
             "reward_margin_pair2",
         )
-        values = torch.stack([getattr(self, n).detach().float() for n in names]).tolist()
-        result = {prefix + n: v for n, v in zip(names, values, strict=True)}
-        for k, reward in enumerate(self.rewards.float().mean(-1).tolist()):
-            result[f"{prefix}reward_{k}"] = reward
-        return result
+        scalars = [getattr(self, n).detach().float().reshape(1) for n in names]
+        rewards = self.rewards.detach().float().mean(-1)
+        values = torch.cat([*scalars, rewards]).tolist()
+        keys = [*names, *(f"reward_{k}" for k in range(rewards.numel()))]
+        return {prefix + k: v for k, v in zip(keys, values, strict=True)}
 
 
 @dataclass

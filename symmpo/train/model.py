@@ -176,6 +176,14 @@ def image_features(llava, pixel_values: torch.Tensor) -> torch.Tensor:
     return torch.stack(list(out)) if isinstance(out, (list, tuple)) else out
 
 
+def embed_with_images(llava, ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Token embeddings of ``ids`` with ``features`` (n_images, n_image_tokens, D) written at
+    the image tokens, image after image in the order the tokens come (row-major)."""
+    embeds = llava.get_input_embeddings()(ids)
+    image_positions = (ids == llava.config.image_token_id).unsqueeze(-1)
+    return embeds.masked_scatter(image_positions, features.to(embeds.dtype))
+
+
 def naive_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden (K*B, L, H), labels (K*B, L)): every sequence in full, in one language-model pass.
 
@@ -186,10 +194,7 @@ def naive_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     device = llava.lm_head.weight.device
     input_ids = batch["input_ids"].to(device)
     features = image_features(llava, batch["pixel_values"].to(device, llava.dtype))
-    embeds = llava.get_input_embeddings()(input_ids)
-    per_sequence = features[batch["image_index"].to(device)]
-    mask = (input_ids == llava.config.image_token_id).unsqueeze(-1)
-    embeds = embeds.masked_scatter(mask, per_sequence.to(embeds.dtype))
+    embeds = embed_with_images(llava, input_ids, features[batch["image_index"].to(device)])
     out = llava.model.language_model(
         inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(device)
     )

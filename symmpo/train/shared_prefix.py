@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from .model import image_features, unwrap
-from .shared_varlen import VARLEN_ATTENTION, build_varlen_layout
+from .model import embed_with_images, image_features, unwrap
+from .shared_varlen import VARLEN_ATTENTION, varlen_shared_forward
 
 
 def shared_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -51,7 +51,7 @@ def shared_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     llava = unwrap(model)
     attn = getattr(llava.config.text_config, "_attn_implementation", None)
     if attn == VARLEN_ATTENTION:
-        return _varlen_forward(llava, batch)
+        return varlen_shared_forward(llava, batch)
     if attn is not None and "flash" in attn:
         raise ValueError(
             "the shared-prefix forward needs a language-model attention that takes a 4-D mask "
@@ -61,7 +61,8 @@ def shared_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     packed = batch["shared"]
     device = llava.lm_head.weight.device
     ids = packed["input_ids"].to(device)
-    embeds = _embed_with_images(llava, ids, batch["pixel_values"])
+    features = image_features(llava, batch["pixel_values"].to(device, llava.dtype))
+    embeds = embed_with_images(llava, ids, features)
     mask = shared_attention_mask(packed["segments"].to(device), embeds.dtype)
     out = llava.model.language_model(
         inputs_embeds=embeds, attention_mask=mask, position_ids=packed["position_ids"].to(device)
@@ -69,33 +70,3 @@ def shared_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     rows = packed["gather_rows"].to(device)[:, None]
     hidden = out.last_hidden_state[rows, packed["gather_cols"].to(device)]
     return hidden, packed["labels"].to(device)
-
-
-def _embed_with_images(llava, ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Token embeddings of ``ids`` with the image features written at the image tokens (in
-    order: the packed rows, or the stream, hold the images' tokens in pixel_values' order)."""
-    features = image_features(llava, pixel_values.to(ids.device, llava.dtype))
-    embeds = llava.get_input_embeddings()(ids)
-    image_positions = (ids == llava.config.image_token_id).unsqueeze(-1)
-    return embeds.masked_scatter(image_positions, features.to(embeds.dtype))
-
-
-def _varlen_forward(llava, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """shared_forward over the unpadded stream (one row of N tokens) with the varlen attention."""
-    packed = batch["shared"]
-    device = llava.lm_head.weight.device
-    layout, stream_position = build_varlen_layout(packed["segments"])
-    keep = stream_position >= 0
-    ids = packed["input_ids"].cpu()[keep][None].to(device)
-    embeds = _embed_with_images(llava, ids, batch["pixel_values"])
-    # A 4-D placeholder mask: transformers passes it through untouched (no N x N mask is
-    # built); the attention reads the layout instead.
-    out = llava.model.language_model(
-        inputs_embeds=embeds,
-        attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device),
-        position_ids=packed["position_ids"].cpu()[keep][None].to(device),
-        symmpo_shared=layout.to(device),
-    )
-    rows = packed["gather_rows"].cpu()[:, None]
-    columns = stream_position[rows, packed["gather_cols"].cpu()].to(device)
-    return out.last_hidden_state[0, columns], packed["labels"].to(device)

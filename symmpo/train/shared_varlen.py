@@ -33,6 +33,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from .model import embed_with_images, image_features
+
 #: The attention implementation name registered with transformers.
 VARLEN_ATTENTION = "symmpo_shared_varlen"
 
@@ -239,6 +241,29 @@ def varlen_shared_attention(
     )  # fmt: skip
     out = torch.cat([prefix_out, response_out])[layout.inverse]
     return out.unsqueeze(0), None
+
+
+def varlen_shared_forward(llava, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``shared_prefix.shared_forward`` over the unpadded stream (one row of N tokens) with this
+    attention: (hidden (K*B, 1 + R, H), labels (K*B, 1 + R))."""
+    packed = batch["shared"]
+    device = llava.lm_head.weight.device
+    layout, stream_position = build_varlen_layout(packed["segments"])
+    keep = stream_position >= 0
+    ids = packed["input_ids"].cpu()[keep][None].to(device)
+    features = image_features(llava, batch["pixel_values"].to(device, llava.dtype))
+    embeds = embed_with_images(llava, ids, features)
+    # A 4-D placeholder mask: transformers passes it through untouched (no N x N mask is
+    # built); the attention reads the layout instead.
+    out = llava.model.language_model(
+        inputs_embeds=embeds,
+        attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device),
+        position_ids=packed["position_ids"].cpu()[keep][None].to(device),
+        symmpo_shared=layout.to(device),
+    )
+    rows = packed["gather_rows"].cpu()[:, None]
+    columns = stream_position[rows, packed["gather_cols"].cpu()].to(device)
+    return out.last_hidden_state[0, columns], packed["labels"].to(device)
 
 
 def register_varlen_attention() -> None:

@@ -126,6 +126,8 @@ def cpu_only() -> bool:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.data:  # stored in checkpoints: evaluate may run from another folder
+        args.data = str(pathlib.Path(args.data).resolve())
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -342,7 +344,8 @@ def main(argv=None) -> dict:
         return result
 
     before = run_eval(start_step)
-    log("held-out before training:", json.dumps(before))
+    start_label = "before training" if start_step == 0 else f"at step {start_step} (resumed)"
+    log(f"held-out {start_label}:", json.dumps(before))
 
     # -- the loop -------------------------------------------------------------------------------
     history = []
@@ -388,11 +391,11 @@ def main(argv=None) -> dict:
     after = run_eval(args.max_steps)
     if is_main:
         plot_curves(out_dir)
-    log("held-out before training:", json.dumps(before))
-    log("held-out after training: ", json.dumps(after))
+    log(f"held-out {start_label}:", json.dumps(before))
+    log(f"held-out after step {args.max_steps}:", json.dumps(after))
     key = "logp_accuracy"
     log(f"held-out preference accuracy (log p(y_w|m) > log p(y_l|m)): "
-        f"{before[key]:.3f} -> {after[key]:.3f}")  # fmt: skip
+        f"{before[key]:.3f} ({start_label}) -> {after[key]:.3f}")  # fmt: skip
     accelerator.end_training()
     return {"history": history, "before": before, "after": after, "skipped": len(skipped)}
 

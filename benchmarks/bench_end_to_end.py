@@ -1,7 +1,10 @@
 """One SymMPO training step of a LLaVA-1.5-7B-shaped model, three ways.
 
-    pytest benchmarks/bench_end_to_end.py          # CUDA: 7B shapes, random weights, bf16
-    SYMMPO_BENCH_TINY=1 pytest benchmarks/bench_end_to_end.py     # a tiny CPU shape
+    pytest -s benchmarks/bench_end_to_end.py          # CUDA: 7B shapes, random weights, bf16
+    SYMMPO_BENCH_TINY=1 pytest -s benchmarks/bench_end_to_end.py     # a tiny CPU shape
+
+The step is timed here (synchronised, median of a few steps), not by pytest-benchmark: -s shows
+a line per case, the rows go to the results CSV.
 
 Model: LLaVA-1.5-7B's configuration (CLIP ViT-L/14 at 336 px, 576 image tokens; Llama 7B,
 vocabulary 32064) built from the config with random weights (nothing downloaded), LoRA r = 128
@@ -166,18 +169,18 @@ def policy():
 # copy of released_way exists, so their peak memory holds one model, as in their real use.
 @pytest.mark.parametrize("response_length", RESPONSES)
 @pytest.mark.parametrize("provider", ["naive", "shared", "shared_varlen", "released_way"])
-def test_end_to_end_step(benchmark, policy, response_length, provider):
+def test_end_to_end_step(policy, response_length, provider):
     if provider == "shared_varlen":  # back to sdpa afterwards: the policy serves every provider
         use_varlen_attention(policy.get_base_model())
         try:
-            run_step(benchmark, policy, response_length, provider)
+            run_step(policy, response_length, provider)
         finally:
             policy.get_base_model().set_attn_implementation({"text_config": "sdpa"})
     else:
-        run_step(benchmark, policy, response_length, provider)
+        run_step(policy, response_length, provider)
 
 
-def run_step(benchmark, policy, response_length, provider):
+def run_step(policy, response_length, provider):
     ref_model = reference_model() if provider == "released_way" else None
     llava_cfg = policy.get_base_model().config
     size = llava_cfg.vision_config.image_size
@@ -217,7 +220,6 @@ def run_step(benchmark, policy, response_length, provider):
         times.append((time.perf_counter() - start) * 1e3)
     ms = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**20 if CUDA else None
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # timing is ours (synchronised)
     tokens = batch["n_tokens"]
     env = environment()
     dtype = "bfloat16" if CUDA else "float32"

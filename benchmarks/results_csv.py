@@ -2,8 +2,9 @@
 
 Columns: op,provider,mode,n_positions,vocab,hidden,dtype,metric,value,device,torch,triton,date
 (metric: ms (median), peak_mem_mb, gbps, tflops, tokens_per_s). The file defaults to
-benchmarks/results/results.csv; SYMMPO_RESULTS_CSV names another (the device script writes
-under $OUT, and `python benchmarks/results_csv.py merge FILE...` folds such files in).
+benchmarks/results/results.csv (smoke runs, SYMMPO_BENCH_TINY=1: the untracked smoke.csv beside
+it); SYMMPO_RESULTS_CSV names another (the device script writes under $OUT, and
+`python benchmarks/results_csv.py merge FILE...` folds such files in).
 """
 
 from __future__ import annotations
@@ -22,8 +23,14 @@ KEY = [c for c in COLUMNS if c not in ("value", "date")]
 DEFAULT_PATH = pathlib.Path(__file__).resolve().parent / "results" / "results.csv"
 
 
+#: Where smoke runs (SYMMPO_BENCH_TINY=1) write: untracked, so they never mix with measurements.
+SMOKE_PATH = DEFAULT_PATH.with_name("smoke.csv")
+
+
 def results_path() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("SYMMPO_RESULTS_CSV", DEFAULT_PATH))
+    if "SYMMPO_RESULTS_CSV" in os.environ:
+        return pathlib.Path(os.environ["SYMMPO_RESULTS_CSV"])
+    return SMOKE_PATH if os.environ.get("SYMMPO_BENCH_TINY") == "1" else DEFAULT_PATH
 
 
 def environment() -> dict[str, str]:

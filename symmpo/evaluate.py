@@ -29,6 +29,7 @@ import argparse
 import json
 import pathlib
 import re
+import sys
 
 import torch
 
@@ -321,6 +322,11 @@ def main(argv=None) -> dict:
             if args.chair_synonyms
             else None
         )
+        if synonyms is None:
+            print("warning: no --chair_synonyms: CHAIR's vocabulary is then only the objects "
+                  "named in --chair_annotations, so an object no image holds is never counted "
+                  "as a hallucination; pass the COCO synonym list for Object HalBench's numbers",
+                  file=sys.stderr)  # fmt: skip
         if args.chair_responses:
             responses = {r["image_id"]: r["answer"] for r in read_jsonl(args.chair_responses)}
         else:

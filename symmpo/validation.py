@@ -96,13 +96,18 @@ def check_values(
     the named tensors finite. One device sync when all is well (a few flags copied to the
     host); the error messages are worked out only when something is wrong."""
     is_target = labels != ignore_index
-    flags = [(is_target & ((labels < 0) | (labels >= vocab))).any()]
+    flags = [_out_of_vocab(labels, is_target, vocab).any()]
     if not allow_empty:
         flags.append(~is_target[:, 1:].any(-1).all())
     finite = {name: t for name, t in must_be_finite.items() if t is not None}
     flags += [~torch.isfinite(t).all() for t in finite.values()]
     if any(torch.stack(flags).tolist()):
         raise_invalid_values(labels, vocab, ignore_index, allow_empty, kind_major, **finite)
+
+
+def _out_of_vocab(labels: torch.Tensor, is_target: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Targets whose label lies outside [0, vocab)."""
+    return is_target & ((labels < 0) | (labels >= vocab))
 
 
 def raise_invalid_values(
@@ -117,7 +122,7 @@ def raise_invalid_values(
     ValueError naming it; called only once something is known to be wrong."""
     is_target = labels != ignore_index
     finite = {name: t for name, t in must_be_finite.items() if t is not None}
-    bad = is_target & ((labels < 0) | (labels >= vocab))
+    bad = _out_of_vocab(labels, is_target, vocab)
     if bool(bad.any()):
         row, pos = (int(i) for i in bad.nonzero()[0])
         raise ValueError(

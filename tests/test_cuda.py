@@ -155,13 +155,11 @@ def test_fused_linear_bf16_errors_within_torch():
         assert g_err <= 1.5 * e_err + 1e-3, (g_err, e_err)
 
 
-@pytest.mark.parametrize("attention", ["mask", "varlen"])
-def test_shared_prefix_forward_matches_naive_on_cuda(attention):
+def _tiny_model_and_batch():
+    """The tiny default LLaVA in float32 on CUDA and a collated batch of 4 synthetic examples."""
     from symmpo.train.collator import PreferenceCollator
     from symmpo.train.data import records_from_rows
-    from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava
-    from symmpo.train.objectives import score_batch
-    from symmpo.train.shared_prefix import shared_forward
+    from symmpo.train.model import num_image_tokens, tiny_llava
     from symmpo.train.synthetic import make_synthetic_records
     from symmpo.train.tokenizer import build_tokenizer
 
@@ -170,7 +168,16 @@ def test_shared_prefix_forward_matches_naive_on_cuda(attention):
     model = model.cuda().float()
     collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
                                   num_image_tokens(model.config))  # fmt: skip
-    batch = collator(records_from_rows(make_synthetic_records(4, seed=2))[0])
+    return model, collator(records_from_rows(make_synthetic_records(4, seed=2))[0])
+
+
+@pytest.mark.parametrize("attention", ["mask", "varlen"])
+def test_shared_prefix_forward_matches_naive_on_cuda(attention):
+    from symmpo.train.model import naive_forward
+    from symmpo.train.objectives import score_batch
+    from symmpo.train.shared_prefix import shared_forward
+
+    model, batch = _tiny_model_and_batch()
     naive = score_batch(model, batch, average=False, forward=naive_forward)
     if attention == "varlen":  # float32: the varlen route's sdpa reference on CUDA
         from symmpo.train.shared_varlen import use_varlen_attention
@@ -217,23 +224,14 @@ def test_shared_varlen_route_with_the_cuda_kernel_under_autocast(monkeypatch):
     the CUDA varlen kernel (never the sdpa loop) gives the naive forward's log-probs within
     bf16 attention rounding."""
     from symmpo.train import shared_varlen
-    from symmpo.train.collator import PreferenceCollator
-    from symmpo.train.data import records_from_rows
-    from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava
+    from symmpo.train.model import naive_forward
     from symmpo.train.objectives import score_batch
     from symmpo.train.shared_prefix import shared_forward
-    from symmpo.train.synthetic import make_synthetic_records
-    from symmpo.train.tokenizer import build_tokenizer
 
     if shared_varlen.varlen_kernel("cuda") == "sdpa":
         pytest.skip("neither flash-attn nor torch.nn.attention.varlen is available")
     monkeypatch.setattr(shared_varlen, "sdpa_varlen", lambda *a: pytest.fail("sdpa loop ran"))
-    tokenizer = build_tokenizer()
-    model, processor = tiny_llava(tokenizer, seed=0)
-    model = model.cuda().float()
-    collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
-                                  num_image_tokens(model.config))  # fmt: skip
-    batch = collator(records_from_rows(make_synthetic_records(4, seed=2))[0])
+    model, batch = _tiny_model_and_batch()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         naive = score_batch(model, batch, average=True, forward=naive_forward)
         shared_varlen.use_varlen_attention(model)

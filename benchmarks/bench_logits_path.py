@@ -66,6 +66,11 @@ def _compiled():
     Inductor in torch 2.11 failed an assertion in tiling_utils on this graph's backward)."""
     global _compiled_sequence_logps
     if _compiled_sequence_logps is None:
+        # Every (N, grad mode) pair is a recompile: past Dynamo's limit (8) it would silently
+        # run the eager function instead (run 5 timed eager as torch_compile at N = 64000).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
         _compiled_sequence_logps = torch.compile(reference.sequence_logps, dynamic=False)
     return _compiled_sequence_logps
 

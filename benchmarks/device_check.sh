@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one device script: correctness on CUDA at realistic shapes (one past 2^31 elements), then
 # benchmark rows into $OUT/results.csv (merge them with `python benchmarks/results_csv.py merge`).
-#   STEPS="env correctness tune logits fused_linear e2e liger" bash benchmarks/device_check.sh
+#   STEPS="env correctness tune logits fused_linear e2e liger memory" bash benchmarks/device_check.sh
 # Tried on the CPU too: the CUDA tests skip and the benchmarks run their CPU shapes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +48,8 @@ for step in $STEPS; do
                     --benchmark-disable benchmarks/bench_fused_linear.py ;;
     liger) run liger timeout 120 python3 train.py --liger --max_steps 5 --n_train 32 --heldout 8 \
              --batch_size 4 --eval_generate 2 --logging_steps 1 --output_dir /tmp/liger_run ;;
+    memory) run memory timeout 240 python3 benchmarks/memory_breakdown.py --response 150 \
+              --providers shared_varlen,shared --liger ;;
     e2e) run e2e timeout 360 python3 -m pytest -q -s -p no:cacheprovider --benchmark-disable \
            benchmarks/bench_end_to_end.py ;;
     *) echo "unknown step $step"; status=1 ;;

@@ -9,7 +9,7 @@ from setuptools import setup
 TORCH = "torch>=2.4,<2.15"  # 2.11 on the GPU image, 2.13.0 as the CPU build; never upgraded
 TRAIN = [
     "transformers>=4.56",  # from_pretrained(dtype=...)
-    "peft>=0.14",
+    "peft>=0.15",  # peft.helpers.disable_input_dtype_casting
     "accelerate>=1.0",
     "datasets>=3.0",
     "pillow>=10",

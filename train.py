@@ -34,7 +34,14 @@ from symmpo.evaluate import evaluate_run, plot_curves
 from symmpo.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from symmpo.train.collator import PreferenceCollator
 from symmpo.train.data import BadRecord, load_records, records_from_rows, split_heldout
-from symmpo.train.model import LORA_PRESET, add_lora, apply_liger, build_policy, num_image_tokens
+from symmpo.train.model import (
+    LORA_PRESET,
+    add_lora,
+    apply_liger,
+    build_policy,
+    lora_inputs_uncast,
+    num_image_tokens,
+)
 from symmpo.train.objectives import FORWARDS, LOSSES, compute_loss, score_batch
 from symmpo.train.reference_cache import ReferenceCache, file_identity, fingerprint
 from symmpo.train.shared_varlen import use_varlen_attention
@@ -361,8 +368,12 @@ def main(argv=None) -> dict:
             # comes before micro-batch `micro + 1` of any.
             start = (micro * world + rank) * args.batch_size
             batch = collator(step_examples[start : start + args.batch_size])
-            with accelerator.accumulate(step_module), autocast(device, use_bf16):
-                out = step_module(batch, reference_logps(batch))
+            # Backward outside autocast: leaving it frees autocast's bf16 copies of the float32
+            # adapters (600 MiB for LoRA r = 128 on a 7B model) before the backward's peak; the
+            # checkpointed layers recompute under the autocast state they ran with.
+            with accelerator.accumulate(step_module), lora_inputs_uncast(model, use_bf16):
+                with autocast(device, use_bf16):
+                    out = step_module(batch, reference_logps(batch))
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

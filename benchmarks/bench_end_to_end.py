@@ -9,7 +9,8 @@ a line per case, the rows go to the results CSV.
 Model: LLaVA-1.5-7B's configuration (CLIP ViT-L/14 at 336 px, 576 image tokens; Llama 7B,
 vocabulary 32064) built from the config with random weights (nothing downloaded), LoRA r = 128
 on every linear layer of the language model (float32 adapters, as peft makes them), gradient
-checkpointing, AdamW on the adapters, every step under bf16 autocast as train.py runs it.
+checkpointing, AdamW on the adapters; each step as train.py runs it: the forward under bf16
+autocast, the backward outside it, peft's float32 copies of the LoRA inputs off.
 Batch: B = 4 examples, a 40-token question, responses of about R tokens (R = 75, 150, 300).
 
 - released_way: the released code's step: each of the 5B sequences carries its own image
@@ -20,7 +21,9 @@ Batch: B = 4 examples, a 40-token question, responses of about R tokens (R = 75,
 - shared: `--forward shared`: each (image, question) prefix once, 2P + 5R tokens an example,
   padded rows and a 4-D mask (sdpa);
 - shared_varlen: `--forward shared --shared_attention varlen`: the same tokens as one unpadded
-  stream, variable-length attention (flash-attn's kernel, else PyTorch's varlen_attn).
+  stream, variable-length attention (flash-attn's kernel, else PyTorch's varlen_attn);
+- shared_varlen_liger: the same with `--liger` (Liger's RMSNorm, SwiGLU and RoPE in the
+  language model; CUDA only, run last since its patches are process-wide).
 
 Rows: step time (ms, median), sequence tokens per second (5B(P + R) tokens a step for all
 providers), peak memory (MiB, weights included) and the memory resident between steps (weights,
@@ -43,7 +46,13 @@ from results_csv import environment, make_row, write_rows
 from symmpo import SymMPOConfig, reference
 from symmpo.train.collator import PreferenceCollator
 from symmpo.train.data import PreferenceRecord
-from symmpo.train.model import add_lora, naive_forward, num_image_tokens
+from symmpo.train.model import (
+    add_lora,
+    lora_inputs_uncast,
+    naive_forward,
+    num_image_tokens,
+    patch_with_liger,
+)
 from symmpo.train.objectives import compute_loss
 from symmpo.train.shared_prefix import shared_forward
 from symmpo.train.shared_varlen import use_varlen_attention
@@ -167,10 +176,20 @@ def policy():
 
 # Provider is the outer loop (the bottom decorator): naive and shared run before the reference
 # copy of released_way exists, so their peak memory holds one model, as in their real use.
+# shared_varlen_liger runs last: Liger's patches are process-wide and stay.
 @pytest.mark.parametrize("response_length", RESPONSES)
-@pytest.mark.parametrize("provider", ["naive", "shared", "shared_varlen", "released_way"])
+@pytest.mark.parametrize(
+    "provider", ["naive", "shared", "shared_varlen", "released_way", "shared_varlen_liger"]
+)
 def test_end_to_end_step(policy, response_length, provider):
-    if provider == "shared_varlen":  # back to sdpa afterwards: the policy serves every provider
+    if provider == "shared_varlen_liger":
+        if not CUDA:
+            pytest.skip("Liger's kernels need CUDA")
+        release_reference_model()
+        if not getattr(policy, "symmpo_liger", False):
+            patch_with_liger(policy)
+            policy.symmpo_liger = True
+    if provider.startswith("shared_varlen"):  # back to sdpa afterwards: one policy serves all
         use_varlen_attention(policy.get_base_model())
         try:
             run_step(policy, response_length, provider)
@@ -178,6 +197,13 @@ def test_end_to_end_step(policy, response_length, provider):
             policy.get_base_model().set_attn_implementation({"text_config": "sdpa"})
     else:
         run_step(policy, response_length, provider)
+
+
+def release_reference_model():
+    """Drop released_way's reference copy, so that later providers hold one model."""
+    _REFERENCE_MODEL.clear()
+    if CUDA:
+        torch.cuda.empty_cache()
 
 
 def run_step(policy, response_length, provider):
@@ -191,15 +217,17 @@ def run_step(policy, response_length, provider):
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
 
     def step():
-        # bf16 autocast, as train.py runs every forward and backward on CUDA: peft keeps the
-        # adapters in float32, and without autocast their matmuls would run in float32.
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=CUDA):
-            if provider == "released_way":
-                loss = released_way_loss(policy, ref_model, batch)
-            else:
-                forward = naive_forward if provider == "naive" else shared_forward
-                loss = compute_loss(policy, batch, ref_logps, "symmpo", SymMPOConfig(),
-                                    forward=forward).loss  # fmt: skip
+        # As train.py steps: the forward under bf16 autocast (peft keeps the adapters in float32:
+        # without autocast their matmuls would run in float32), the backward outside it, and
+        # peft's float32 copies of the LoRA inputs off throughout.
+        with lora_inputs_uncast(policy, active=CUDA):
+            with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=CUDA):
+                if provider == "released_way":
+                    loss = released_way_loss(policy, ref_model, batch)
+                else:
+                    forward = naive_forward if provider == "naive" else shared_forward
+                    loss = compute_loss(policy, batch, ref_logps, "symmpo", SymMPOConfig(),
+                                        forward=forward).loss  # fmt: skip
             loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -3,7 +3,8 @@
     python benchmarks/plot_end_to_end.py [--device "NVIDIA H100 80GB HBM3"] [--out FILE]
 
 Reads benchmarks/results/results.csv (rows of bench_end_to_end.py) and draws, for one device,
-one line per provider (released_way, naive, shared, shared_varlen) in two panels.
+one line per provider (released_way, naive, shared, shared_varlen, shared_varlen_liger) in two
+panels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ LABELS = {
     "naive": "(b) --forward naive + symmpo_loss_from_hidden",
     "shared": "(c) --forward shared",
     "shared_varlen": "(c') --forward shared --shared_attention varlen",
+    "shared_varlen_liger": "(c') with --liger",
 }
 
 

@@ -68,9 +68,15 @@ def _compiled():
     if _compiled_sequence_logps is None:
         # Every (N, grad mode) pair is a recompile: past Dynamo's limit (8) it would silently
         # run the eager function instead (run 5 timed eager as torch_compile at N = 64000).
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
-            torch._dynamo.config.fail_on_recompile_limit_hit = True
+        # (recompile_limit / fail_on_recompile_limit_hit from torch 2.7, cache_size_limit /
+        # fail_on_cache_limit_hit before.)
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, limit, max(getattr(config, limit), 64))
+        for fail in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit"):
+            if hasattr(config, fail):
+                setattr(config, fail, True)
+                break
         _compiled_sequence_logps = torch.compile(reference.sequence_logps, dynamic=False)
     return _compiled_sequence_logps
 

@@ -6,8 +6,10 @@ Runs bench_end_to_end.py's step (the 7B-shaped LLaVA with LoRA r = 128, B = 4, b
 a tiny shape without CUDA, where nothing is recorded) under the CUDA allocator's history, then
 replays the trace: the moment the allocations made during the step sum highest, and the
 tensors alive then, grouped by the innermost frame in transformers, peft, liger or symmpo
-(with the innermost frame's function beside it). Everything resident before the step (weights,
-adapters, optimizer state) is outside the trace and shows only in the totals.
+(with the innermost frame's function beside it). The weights and adapters, allocated before,
+are outside the trace; the AdamW state is inside it (the step makes its optimizer, whose first
+step allocates it: the `_init_group` line). It writes no benchmark rows (the steps run under
+the allocator's recording).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-os.environ.setdefault("SYMMPO_RESULTS_CSV", "/tmp/symmpo_memory_breakdown.csv")
+# Steps timed under recording are no benchmark: their rows go to a scratch file.
+os.environ["SYMMPO_RESULTS_CSV"] = "/tmp/symmpo_memory_breakdown.csv"
 import bench_end_to_end as e2e  # noqa: E402
 
 from symmpo.train.model import add_lora, patch_with_liger  # noqa: E402

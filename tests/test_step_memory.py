@@ -109,3 +109,13 @@ def test_uncast_is_scoped_to_the_context(tiny):
     assert all(m.cast_input_dtype_enabled for m in layers)
     with lora_inputs_uncast(policy, active=False):
         assert all(m.cast_input_dtype_enabled for m in layers)
+
+
+def test_pixels_that_need_a_gradient_get_one_through_frozen_towers(tiny):
+    model, batch = tiny
+    policy = lora_policy(model)
+    pixels = batch["pixel_values"].clone().requires_grad_(True)
+    features = image_features(policy.get_base_model(), pixels)
+    assert features.requires_grad
+    features.square().sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0

@@ -167,11 +167,15 @@ def lora_inputs_uncast(model, active: bool):
     adapters' dtype first. Use it around the forward and backward of a step under bf16 autocast
     with float32 adapters: there the cast makes a float32 copy of every LoRA layer's input
     (saved for backward: 4 bytes x tokens x in_features, 350 MB for an 11008-wide projection at
-    8k tokens) that autocast's matmul casts straight back to bf16, so the results are the same
-    bits without it. Without autocast (``active=False``) the cast is needed and stays."""
+    8k tokens) that autocast's matmul casts straight back to bf16. Without LoRA dropout the
+    results are the same bits; with it, dropout draws its mask on the bf16 input instead, so
+    the mask (not its distribution) differs. Without autocast (``active=False``) the cast is
+    needed and stays."""
+    if not active:
+        return contextlib.nullcontext()
     from peft.helpers import disable_input_dtype_casting
 
-    return disable_input_dtype_casting(model, active=active)
+    return disable_input_dtype_casting(model)
 
 
 def unwrap(model):
@@ -185,13 +189,16 @@ def image_features(llava, pixel_values: torch.Tensor) -> torch.Tensor:
     """(n_images, n_image_tokens, D) projected features, one vision-tower pass per image.
 
     Without grad when no parameter of the vision tower or the projector trains (LoRA on the
-    language model, say): the features are constants then. Otherwise the input-grad hooks that
-    gradient checkpointing installs make the tower record a graph: its checkpointed layer
-    outputs held through the step (400 MiB for 8 CLIP-L images) and a wasted backward pass.
+    language model, say) and the pixels need no gradient: the features are constants then.
+    Otherwise the input-grad hooks that gradient checkpointing installs make the tower record a
+    graph: its checkpointed layer outputs held through the step (400 MiB for 8 CLIP-L images)
+    and a wasted backward pass. Towers whose parameters are not visible here (a wrapper that
+    flattens them) count as training.
     """
     towers = (llava.model.vision_tower, llava.model.multi_modal_projector)
-    trains = any(p.requires_grad for tower in towers for p in tower.parameters())
-    with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+    params = [p for tower in towers for p in tower.parameters()]
+    needs_graph = not params or pixel_values.requires_grad or any(p.requires_grad for p in params)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and needs_graph):
         out = llava.model.get_image_features(pixel_values=pixel_values)
     out = getattr(out, "pooler_output", out)
     return torch.stack(list(out)) if isinstance(out, (list, tuple)) else out

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from train_script import load_train_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMMON = ["--n_train", "32", "--heldout", "8", "--batch_size", "4", "--global_batch_size", "8",
@@ -32,13 +33,6 @@ def two_process_config(folder, name: str) -> pathlib.Path:
         .replace("num_processes: 4", "num_processes: 2")
     )  # fmt: skip
     return config
-
-
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    return train
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
 """Evaluation: hand-computed CHAIR and AMBER values, the synthetic hallucination check, and
 `python -m symmpo.evaluate` on a saved checkpoint."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
+from train_script import load_train_script
 
 from symmpo.evaluate import (
     amber_metrics,
@@ -17,8 +16,6 @@ from symmpo.evaluate import (
     scene_hallucinations,
 )
 from symmpo.train.synthetic import make_synthetic_records
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_chair_by_hand():
@@ -66,9 +63,7 @@ def test_synthetic_scene_hallucination():
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_train_script()
     out = tmp_path_factory.mktemp("run")
     train.main(["--n_train", "16", "--heldout", "4", "--batch_size", "4", "--max_steps", "4",
                 "--eval_steps", "2", "--eval_generate", "2", "--logging_steps", "1",
@@ -119,9 +114,7 @@ def test_checkpoint_of_a_varlen_run_evaluates_like_the_run(tmp_path, monkeypatch
     attention and scores the checkpoint as the run's own last evaluation did."""
     from symmpo.train import shared_varlen
 
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_train_script()
     out = tmp_path / "run"
     train.main(["--n_train", "8", "--heldout", "4", "--batch_size", "4", "--max_steps", "2",
                 "--eval_generate", "1", "--forward", "shared", "--shared_attention", "varlen",

@@ -2,10 +2,10 @@
 
 import copy
 import importlib.util
-import pathlib
 
 import pytest
 import torch
+from train_script import load_train_script
 
 from symmpo import SymMPOConfig
 from symmpo.train import shared_varlen
@@ -17,8 +17,6 @@ from symmpo.train.shared_prefix import shared_attention_mask, shared_forward
 from symmpo.train.shared_varlen import build_varlen_layout, sdpa_varlen, use_varlen_attention
 from symmpo.train.synthetic import make_synthetic_records
 from symmpo.train.tokenizer import build_tokenizer
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +104,7 @@ def test_mask_each_response_sees_prefix_and_itself_only():
 )  # fmt: skip
 def test_one_train_step_naive_vs_shared(tmp_path, extra):
     """The issue's acceptance check: same seed, one step, loss within 1e-4, grad norm 1e-3."""
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_train_script()
     common = ["--n_train", "16", "--heldout", "4", "--batch_size", "4", "--max_steps", "1",
               "--eval_batch_size", "8", *extra]  # fmt: skip
     naive_args = [a for a in common if a not in ("--shared_attention", "varlen")]
@@ -123,7 +119,6 @@ def test_one_train_step_naive_vs_shared(tmp_path, extra):
 def test_flash_attn_installed_keeps_sdpa_for_the_shared_language_model(monkeypatch):
     """With flash-attn on CUDA, --forward shared loads the language model with sdpa (its 4-D
     mask) and the vision tower with flash-attention; other runs use flash-attention."""
-    import importlib.util
 
     from symmpo.train import model as model_module
 
@@ -252,8 +247,6 @@ def test_varlen_kernel_runs_in_the_autocast_dtype(monkeypatch):
 
 
 def test_shared_attention_needs_the_shared_forward(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_train_script()
     with pytest.raises(ValueError, match="--shared_attention chooses how --forward shared"):
         train.main(["--shared_attention", "varlen", "--output_dir", str(tmp_path)])

@@ -1,13 +1,12 @@
 """The reference trainer's pieces and train.py end to end on the tiny default (CPU, seconds)."""
 
-import importlib.util
 import io
 import json
-import pathlib
 import shutil
 
 import pytest
 import torch
+from train_script import load_train_script
 
 from symmpo import SymMPOConfig, symmpo_loss
 from symmpo.train.collator import PreferenceCollator
@@ -17,15 +16,7 @@ from symmpo.train.objectives import compute_loss
 from symmpo.train.synthetic import make_synthetic_records
 from symmpo.train.tokenizer import build_tokenizer
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ["--n_train", "24", "--heldout", "8", "--batch_size", "4", "--eval_batch_size", "8"]
-
-
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +141,7 @@ def test_bad_records_name_idx_and_field(tiny):
 
 
 def test_train_runs_logs_checkpoints_and_resumes_exactly(tmp_path):
-    train = load_train_module()
+    train = load_train_script()
     full = train.main([*SMALL, "--output_dir", str(tmp_path / "full"), "--max_steps", "6",
                        "--save_steps", "3", "--logging_steps", "1"])  # fmt: skip
     rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open()]
@@ -190,7 +181,7 @@ def test_released_parquet_layout_trains_two_steps(tmp_path):
     path = tmp_path / "data"
     path.mkdir()
     pq.write_table(pa.Table.from_pylist(rows), path / "train-00000.parquet")
-    train = load_train_module()
+    train = load_train_script()
     result = train.main(["--data", str(path), "--heldout", "4", "--batch_size", "4",
                          "--output_dir", str(tmp_path / "out"), "--max_steps", "2"])  # fmt: skip
     assert len(result["history"]) == 2
@@ -208,7 +199,7 @@ def test_jsonl_layout_with_image_paths(tmp_path):
             del row[f"image_{k}"]
         lines.append(json.dumps({k: v for k, v in row.items() if not k.startswith("scene")}))
     (tmp_path / "data.jsonl").write_text("\n".join(lines))
-    train = load_train_module()
+    train = load_train_script()
     result = train.main(["--data", str(tmp_path / "data.jsonl"), "--heldout", "4",
                          "--batch_size", "4", "--output_dir", str(tmp_path / "out"),
                          "--max_steps", "2", "--ref", "model"])  # fmt: skip
@@ -222,7 +213,7 @@ def test_jsonl_layout_with_image_paths(tmp_path):
     ["--forward", "shared", "--lora", "--ref", "lora", "--gradient_checkpointing"],
 ])  # fmt: skip
 def test_other_objectives_and_references(tmp_path, extra):
-    train = load_train_module()
+    train = load_train_script()
     result = train.main([*SMALL, "--output_dir", str(tmp_path), "--max_steps", "2",
                          "--lora_r", "4", "--lora_alpha", "8", *extra])  # fmt: skip
     assert len(result["history"]) == 2 and all(torch.isfinite(torch.tensor(r["loss"]))
@@ -238,7 +229,7 @@ def test_bad_record_stops_before_training(tmp_path):
         row.pop("scene_1"), row.pop("scene_2")
     rows[5]["image_1"] = {"bytes": io.BytesIO(b"junk").getvalue(), "path": None}
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
-    train = load_train_module()
+    train = load_train_script()
     args = ["--data", str(tmp_path / "d.parquet"), "--heldout", "2", "--batch_size", "2",
             "--output_dir", str(tmp_path / "out"), "--max_steps", "1"]  # fmt: skip
     with pytest.raises(BadRecord, match=r"idx=5: field 'image_1'"):
@@ -263,7 +254,7 @@ def save_tiny_checkpoint(folder, tiny):
 def test_real_model_folder_loads_through_auto_classes(tmp_path, tiny):
     """--model_name_or_path: a LLaVA checkpoint folder (model + processor) loads offline."""
     folder = save_tiny_checkpoint(tmp_path / "llava-tiny", tiny)
-    train = load_train_module()
+    train = load_train_script()
     result = train.main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "o"),
                          "--max_steps", "2", "--gradient_checkpointing", *SMALL])  # fmt: skip
     assert len(result["history"]) == 2
@@ -339,7 +330,7 @@ def test_duplicate_idx_and_an_earlier_run_are_refused(tmp_path):
         row.pop("scene_1"), row.pop("scene_2")
     rows[7]["idx"] = 2
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
-    train = load_train_module()
+    train = load_train_script()
     args = ["--data", str(tmp_path / "d.parquet"), "--heldout", "2", "--batch_size", "2",
             "--max_steps", "1", "--eval_generate", "0"]  # fmt: skip
     with pytest.raises(BadRecord, match=r"idx=2: field 'idx' is not unique"):
@@ -361,7 +352,7 @@ def test_released_logps_are_sums_so_averaging_recomputes_the_reference(tmp_path)
         row["logps"] = [-10.0, -12.0, -11.0, -11.5, -10.5]
         row.pop("scene_1"), row.pop("scene_2")
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
-    train = load_train_module()
+    train = load_train_script()
     train.main(["--data", str(tmp_path / "d.parquet"), "--heldout", "4", "--batch_size", "4",
                 "--output_dir", str(tmp_path / "o"), "--max_steps", "1",
                 "--average_log_prob"])  # fmt: skip

@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("mask", "varlen"),
         default="mask",
         help="--forward shared: padded rows and a 4-D mask (sdpa), or one unpadded stream and "
-        "variable-length attention (flash-attn or PyTorch's varlen kernel on CUDA)",
+        "variable-length attention (PyTorch's flash-attention kernels on CUDA)",
     )
     p.add_argument("--logits_path", action="store_true", help="lm_head + symmpo_loss instead")
     p.add_argument("--max_steps", type=int, default=None, help="default: 1200 tiny, 1 epoch real")

@@ -21,7 +21,7 @@ Batch: B = 4 examples, a 40-token question, responses of about R tokens (R = 75,
 - shared: `--forward shared`: each (image, question) prefix once, 2P + 5R tokens an example,
   padded rows and a 4-D mask (sdpa);
 - shared_varlen: `--forward shared --shared_attention varlen`: the same tokens as one unpadded
-  stream, variable-length attention (flash-attn's kernel, else PyTorch's varlen_attn);
+  stream, variable-length attention (two flash-attention calls merged by log-sum-exp);
 - shared_varlen_liger: the same with `--liger` (Liger's RMSNorm, SwiGLU and RoPE in the
   language model; CUDA only, run last since its patches are process-wide).
 

@@ -179,7 +179,7 @@ def test_shared_prefix_forward_matches_naive_on_cuda(attention):
 
     model, batch = _tiny_model_and_batch()
     naive = score_batch(model, batch, average=False, forward=naive_forward)
-    if attention == "varlen":  # float32: the varlen route's sdpa reference on CUDA
+    if attention == "varlen":  # float32: the varlen route's reference kernels on CUDA
         from symmpo.train.shared_varlen import use_varlen_attention
 
         use_varlen_attention(model)
@@ -187,55 +187,98 @@ def test_shared_prefix_forward_matches_naive_on_cuda(attention):
     torch.testing.assert_close(shared, naive, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("kv_heads", [8, 2])
-def test_varlen_kernel_is_causal_bottom_right(kv_heads):
-    """--shared_attention varlen: the CUDA varlen kernel (flash-attn's, else PyTorch's) on bf16
-    against the per-sequence sdpa reference in float32, forward and backward; responses of
-    R tokens attend to P + R keys (prefix then themselves)."""
-    from symmpo.train.shared_varlen import sdpa_varlen, varlen_causal_attention, varlen_kernel
+def _flash_or_skip():
+    from symmpo.train import varlen_kernels
 
-    if varlen_kernel("cuda") == "sdpa":
-        pytest.skip("neither flash-attn nor torch.nn.attention.varlen is available")
+    probe = torch.zeros(1, 1, 64, dtype=torch.bfloat16, device="cuda")
+    if not varlen_kernels.flash_supported(probe):
+        pytest.skip("PyTorch's flash-attention does not run on this GPU")
+    return varlen_kernels
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("kv_heads", [8, 2])
+def test_flash_kernels_match_the_reference(causal, kv_heads):
+    """--shared_attention varlen's CUDA kernels (PyTorch's flash-attention) on bf16 against the
+    float32 reference: out, lse (H, T_q), and the backward given each one's out and lse;
+    R-token queries on P + R keys, aligned bottom-right when causal."""
+    kernels = _flash_or_skip()
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q_lengths, k_lengths = [150, 1, 37], [750, 601, 640]
-    cu_q = [0, *torch.tensor(q_lengths).cumsum(0).tolist()]
-    cu_k = [0, *torch.tensor(k_lengths).cumsum(0).tolist()]
-    q = torch.randn(cu_q[-1], 8, 64, device="cuda", generator=gen)
-    k = torch.randn(cu_k[-1], kv_heads, 64, device="cuda", generator=gen)
-    v = torch.randn(cu_k[-1], kv_heads, 64, device="cuda", generator=gen)
-    grad_out = torch.randn(cu_q[-1], 8, 64, device="cuda", generator=gen)
+    q_lengths, k_lengths = torch.tensor([150, 1, 37]), torch.tensor([750, 601, 640])
+    seqs = kernels.VarlenSequences.from_lengths(q_lengths, k_lengths).to("cuda")
+    q = torch.randn(int(q_lengths.sum()), 8, 64, device="cuda", generator=gen)
+    k, v = (torch.randn(int(k_lengths.sum()), kv_heads, 64, device="cuda", generator=gen)
+            for _ in range(2))  # fmt: skip
+    dout = torch.randn_like(q)
+    results = []
+    for impl, dtype in ((kernels.FLASH, torch.bfloat16), (kernels.REFERENCE, torch.float32)):
+        inputs = [t.to(dtype) for t in (q, k, v)]
+        out, lse, state = impl.forward(*inputs, seqs, causal, 0.125)
+        grads = impl.backward(dout.to(dtype), *inputs, out, lse, seqs, causal, 0.125, state)
+        assert lse.shape == (8, q.shape[0]) and lse.dtype == torch.float32
+        results.append([out.float(), lse, *(g.float() for g in grads)])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("kv_heads", [8, 2])
+def test_shared_prefix_attention_with_flash_matches_gathered_sdpa(kv_heads):
+    """The merged attention on CUDA (two flash calls, merged by lse; each flash backward given
+    the merged out and lse) in bf16 against sdpa on gathered keys in float32: LLaVA-like
+    prefixes (P = 620) with three and two responses."""
+    _flash_or_skip()
+    from varlen_oracle import shared_attention_oracle
+
+    from symmpo.train.shared_varlen import SharedPrefixAttention, build_varlen_layout
+
+    prefixes, responses = [620, 620, 600], [[150, 140, 9], [1, 160], [33, 70, 150]]
+    width = max(p + sum(r) for p, r in zip(prefixes, responses, strict=True))
+    segments = torch.full((3, width), -1)
+    for row, (p, lengths) in enumerate(zip(prefixes, responses, strict=True)):
+        segments[row, :p] = 0
+        start = p
+        for index, n in enumerate(lengths, start=1):
+            segments[row, start : start + n] = index
+            start += n
+    layout, _ = build_varlen_layout(segments)
+    n = sum(prefixes) + sum(map(sum, responses))
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    q = torch.randn(n, 8, 64, device="cuda", generator=gen)
+    k, v = (torch.randn(n, kv_heads, 64, device="cuda", generator=gen) for _ in range(2))
+    dout = torch.randn_like(q)
     results = []
     for dtype in (torch.bfloat16, torch.float32):
-        inputs = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+        leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
         if dtype == torch.bfloat16:
-            as_int = lambda cu: torch.tensor(cu, dtype=torch.int32, device="cuda")  # noqa: E731
-            out = varlen_causal_attention(*inputs, as_int(cu_q), as_int(cu_k), cu_q, cu_k,
-                                          max(q_lengths), max(k_lengths), 0.125)  # fmt: skip
+            out = SharedPrefixAttention.apply(*leaves, layout.to("cuda"), 0.125)
         else:
-            out = sdpa_varlen(*inputs, cu_q, cu_k, 0.125)
-        out.backward(grad_out.to(dtype))
-        results.append([out.float(), *(t.grad.float() for t in inputs)])
+            out = shared_attention_oracle(*leaves, prefixes, responses, 0.125)
+        out.backward(dout.to(dtype))
+        results.append([out.float(), *(t.grad.float() for t in leaves)])
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
 def test_shared_varlen_route_with_the_cuda_kernel_under_autocast(monkeypatch):
     """--shared_attention varlen as full fine-tuning runs it (float32 weights, bf16 autocast):
-    the CUDA varlen kernel (never the sdpa loop) gives the naive forward's log-probs within
-    bf16 attention rounding."""
+    the flash kernels (never the reference) give the naive forward's log-probs within bf16
+    attention rounding."""
+    varlen_kernels = _flash_or_skip()
     from symmpo.train import shared_varlen
     from symmpo.train.model import naive_forward
     from symmpo.train.objectives import score_batch
     from symmpo.train.shared_prefix import shared_forward
 
-    if shared_varlen.varlen_kernel("cuda") == "sdpa":
-        pytest.skip("neither flash-attn nor torch.nn.attention.varlen is available")
-    monkeypatch.setattr(shared_varlen, "sdpa_varlen", lambda *a: pytest.fail("sdpa loop ran"))
+    chosen = []
+    real_kernels_for = shared_varlen.kernels_for
+    monkeypatch.setattr(shared_varlen, "kernels_for",
+                        lambda q: chosen.append(real_kernels_for(q)) or chosen[-1])  # fmt: skip
     model, batch = _tiny_model_and_batch()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         naive = score_batch(model, batch, average=True, forward=naive_forward)
         shared_varlen.use_varlen_attention(model)
         varlen = score_batch(model, batch, average=True, forward=shared_forward)
+    assert chosen and all(kernels is varlen_kernels.FLASH for kernels in chosen)
     torch.testing.assert_close(varlen, naive, rtol=0.0, atol=0.05)  # mean log-prob per token
 
 

@@ -11,6 +11,7 @@ from symmpo.train.collator import PreferenceCollator
 from symmpo.train.data import records_from_rows
 from symmpo.train.model import (
     add_lora,
+    embed_with_images,
     image_features,
     lora_inputs_uncast,
     num_image_tokens,
@@ -119,3 +120,37 @@ def test_pixels_that_need_a_gradient_get_one_through_frozen_towers(tiny):
     assert features.requires_grad
     features.square().sum().backward()
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+def test_hooked_embeddings_are_not_kept_for_a_gradient_nobody_reads(tiny):
+    """Under checkpointing peft's frozen embedding table hands out a leaf that requires grad;
+    embed_with_images makes its own output that leaf (the first layer's input still requires
+    grad) instead of holding the table's output for a gradient. Same values as the plain
+    masked_scatter, and a step gives the LoRA gradients of a policy without the hook."""
+    model, batch = tiny
+    policy = lora_policy(model)
+    llava = policy.get_base_model()
+    ids = batch["shared"]["input_ids"]
+    features = image_features(llava, batch["pixel_values"])
+    hooked = llava.get_input_embeddings()(ids)
+    assert hooked.requires_grad and hooked.is_leaf  # what the hook does
+    embeds = embed_with_images(llava, ids, features)
+    assert embeds.requires_grad and embeds.is_leaf and embeds.grad_fn is None
+    image_positions = (ids == llava.config.image_token_id).unsqueeze(-1)
+    torch.testing.assert_close(embeds, hooked.detach().masked_scatter(image_positions, features),
+                               rtol=0, atol=0)  # fmt: skip
+
+    ref = -torch.rand(10, generator=torch.Generator().manual_seed(0)) * 30
+
+    def lora_grads(policy):
+        policy.zero_grad(set_to_none=True)
+        out = compute_loss(policy, batch, ref, "symmpo", SymMPOConfig(), forward=shared_forward)
+        out.loss.backward()
+        return {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+    unhooked = add_lora(copy.deepcopy(model).float(), r=4, alpha=8, dropout=0.0).train()
+    unhooked.load_state_dict(policy.state_dict())
+    want, got = lora_grads(unhooked), lora_grads(policy)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)

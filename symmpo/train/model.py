@@ -206,10 +206,22 @@ def image_features(llava, pixel_values: torch.Tensor) -> torch.Tensor:
 
 def embed_with_images(llava, ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Token embeddings of ``ids`` with ``features`` (n_images, n_image_tokens, D) written at
-    the image tokens, image after image in the order the tokens come (row-major)."""
+    the image tokens, image after image in the order the tokens come (row-major).
+
+    With a frozen embedding table under gradient checkpointing, transformers' input-grad hook
+    (``enable_input_require_grads``, for reentrant checkpointing) turns the table's output into
+    a leaf that requires grad: kept until the end of the backward, which then writes its
+    gradient (tokens x H each, never read). The features are then written into that output in
+    place and the result is made the leaf instead: the same values, the first layer's input
+    still requires grad, one tokens x H tensor less at the peak.
+    """
     embeds = llava.get_input_embeddings()(ids)
     image_positions = (ids == llava.config.image_token_id).unsqueeze(-1)
-    return embeds.masked_scatter(image_positions, features.to(embeds.dtype))
+    features = features.to(embeds.dtype)
+    if embeds.requires_grad and embeds.grad_fn is None:  # the hook's leaf
+        merged = embeds.detach().masked_scatter_(image_positions, features)
+        return merged if merged.requires_grad else merged.requires_grad_()
+    return embeds.masked_scatter(image_positions, features)
 
 
 def naive_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,22 +2,29 @@
 
 The same computation as the 4-D mask route of ``shared_prefix.py``, arranged for kernels that
 take variable-length sequences (flash-attention's). The packed rows' tokens are concatenated
-without padding into one stream of N tokens (per example S P + sum_k R_k: each prefix once, each
-response once), so every linear layer sees exactly those tokens. Attention runs twice a layer:
+without padding into one stream of N tokens, prefixes first:
 
-    prefixes:   each prefix attends causally to itself         q = k = the prefix (P tokens)
-    responses:  each response attends to its own prefix's keys and values, gathered per response
-                (not recomputed), and causally to itself:   q = the response (R tokens),
-                k = [prefix; response] (P + R), causal aligned bottom-right (query j sees keys
-                0 .. P + j), flash-attention's convention when q is shorter than k.
+    [prefix of row 0, prefix of row 1, ..., responses of row 0, responses of row 1, ...]
 
-The two outputs are put back in the stream's order. The gathered keys and values cost
-2 (P + R) H_kv D elements a response and layer; the attention FLOPs are the nonzero part of the
-mask route's, with no padded rows and no masked tiles.
+(per example S P + sum_k R_k tokens: each prefix once, each response once), so every linear
+layer sees exactly those tokens. A response's attention (its prefix, then itself causally)
+runs as two attentions over disjoint key sets, merged by their log-sum-exp:
 
-Kernels: ``flash_attn.flash_attn_varlen_func`` when flash-attn is installed, else PyTorch's
-``torch.nn.attention.varlen.varlen_attn`` on CUDA, else (the CPU, tests) a loop of sdpa calls,
-one a sequence, with the same bottom-right causal mask.
+    self:     every segment (a prefix, or a response) causally on itself: one varlen call on
+              the whole stream (q = k = v = the stream, no copies); final for prefix tokens
+    context:  each row's responses on that row's prefix, all keys visible: one varlen call,
+              q = stream[N_p:], k = v = stream[:N_p] (slices, no copies)
+    merge:    lse = logaddexp(lse_self, lse_context),
+              out = exp(lse_self - lse) out_self + exp(lse_context - lse) out_context
+
+The backward calls each part's flash backward with the merged out and lse (varlen_kernels.py
+says why that is exact) and adds the two parts' gradients. Nothing of a prefix is gathered or
+repeated per response: saved for backward are q, k, v, out and lse, as for one attention call.
+The attention FLOPs are the nonzero part of the mask route's, with no padded rows and no
+masked tiles.
+
+Kernels (varlen_kernels.py): PyTorch's flash-attention on CUDA in fp16/bf16 (under autocast
+q, k, v go to the autocast dtype first), else the float32 reference (the CPU, tests).
 
 The language model is switched to this attention with ``use_varlen_attention(model)``: calls
 that carry no layout (generation, the naive forward) go to sdpa unchanged.
@@ -25,15 +32,12 @@ that carry no layout (generation, the naive forward) go to sdpa unchanged.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import inspect
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .model import embed_with_images, image_features
+from .varlen_kernels import VarlenSequences, kernels_for
 
 #: The attention implementation name registered with transformers.
 VARLEN_ATTENTION = "symmpo_shared_varlen"
@@ -41,176 +45,114 @@ VARLEN_ATTENTION = "symmpo_shared_varlen"
 
 @dataclass
 class VarlenLayout:
-    """Index tensors of the unpadded stream (built on the CPU from the packed segments).
+    """The prefixes-first stream's attention problems (built on the CPU from the segments).
 
-    prefix_index (N_p,), response_index (N_r,): stream positions of prefix and response
-    tokens; kv_index: for each response, its prefix's positions then its own; inverse (N,):
-    puts [prefix outputs; response outputs] back in stream order. cu_* are int32 cumulative
-    lengths (n + 1,) with their maxima; *_list hold the same on the host.
+    n_prefix: the number of prefix tokens, stream[:n_prefix]; self_attention: every segment
+    of the stream (the prefixes in row order, then the responses) on itself, causal;
+    prefix_context: row r's responses (queries in stream[n_prefix:]) on row r's prefix (keys
+    in stream[:n_prefix]).
     """
 
-    prefix_index: torch.Tensor
-    response_index: torch.Tensor
-    kv_index: torch.Tensor
-    inverse: torch.Tensor
-    cu_prefix: torch.Tensor
-    cu_query: torch.Tensor
-    cu_key: torch.Tensor
-    max_prefix: int
-    max_query: int
-    max_key: int
-    cu_prefix_list: list
-    cu_query_list: list
-    cu_key_list: list
+    n_prefix: int
+    self_attention: VarlenSequences
+    prefix_context: VarlenSequences
 
     def to(self, device) -> VarlenLayout:
-        moved = {
-            f.name: getattr(self, f.name).to(device, non_blocking=True)
-            if isinstance(getattr(self, f.name), torch.Tensor)
-            else getattr(self, f.name)
-            for f in fields(self)
-        }
-        return VarlenLayout(**moved)
-
-
-def _cumulative(lengths: torch.Tensor) -> torch.Tensor:
-    return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32)
+        return VarlenLayout(
+            self.n_prefix, self.self_attention.to(device), self.prefix_context.to(device)
+        )
 
 
 def build_varlen_layout(segments: torch.Tensor) -> tuple[VarlenLayout, torch.Tensor]:
     """(layout, stream_position (rows, L)) from the packed rows' segments (rows, L) (0: prefix,
     k > 0: a response, -1: padding; each row a prefix then whole responses, as
     ``PreferenceCollator.shared_layout`` makes them). stream_position maps a packed (row,
-    column) to its stream position (-1 at padding)."""
+    column) to its position in the prefixes-first stream (-1 at padding)."""
     segments = segments.cpu()
     rows, length = segments.shape
-    keep = segments >= 0
+    is_prefix, is_response = segments == 0, segments > 0
+    prefix_length = is_prefix.sum(1)
+    if bool((prefix_length == 0).any()):
+        raise ValueError("every packed row needs a prefix (segment 0) before its responses")
+    n_prefix, n_response = int(prefix_length.sum()), int(is_response.sum())
     stream_position = torch.full((rows, length), -1, dtype=torch.long)
-    stream_position[keep] = torch.arange(int(keep.sum()))
-    stream_segment = segments[keep]
-    stream_row = torch.arange(rows)[:, None].expand(rows, length)[keep]
-
-    prefix_length = (segments == 0).sum(1)
-    prefix_index = (stream_segment == 0).nonzero().squeeze(1)
-    response_index = (stream_segment > 0).nonzero().squeeze(1)
-    # A response is a run of one (row, segment) in stream order.
-    run_key = (
-        stream_row[response_index] * (int(segments.max()) + 1) + stream_segment[response_index]
-    )
-    keys, response_length = torch.unique_consecutive(run_key, return_counts=True)
-    response_row = keys // (int(segments.max()) + 1)
-    prefixes = torch.split(prefix_index, prefix_length.tolist())
-    responses = torch.split(response_index, response_length.tolist())
-    pairs = zip(response_row.tolist(), responses, strict=True)
-    kv_index = torch.cat([part for row, own in pairs for part in (prefixes[row], own)])
-    key_length = prefix_length[response_row] + response_length
-    cu_prefix, cu_query, cu_key = (
-        _cumulative(prefix_length), _cumulative(response_length), _cumulative(key_length)
-    )  # fmt: skip
+    stream_position[is_prefix] = torch.arange(n_prefix)
+    stream_position[is_response] = n_prefix + torch.arange(n_response)
+    # A response is a run of one (row, segment) among the response tokens in row-major order.
+    row = torch.arange(rows)[:, None].expand(rows, length)
+    width = int(segments.max()) + 1
+    run_key = (row * width + segments)[is_response]
+    response_length = torch.unique_consecutive(run_key, return_counts=True)[1]
     layout = VarlenLayout(
-        prefix_index=prefix_index,
-        response_index=response_index,
-        kv_index=kv_index,
-        inverse=torch.argsort(torch.cat([prefix_index, response_index])),
-        cu_prefix=cu_prefix,
-        cu_query=cu_query,
-        cu_key=cu_key,
-        max_prefix=int(prefix_length.max()),
-        max_query=int(response_length.max()),
-        max_key=int(key_length.max()),
-        cu_prefix_list=cu_prefix.tolist(),
-        cu_query_list=cu_query.tolist(),
-        cu_key_list=cu_key.tolist(),
+        n_prefix=n_prefix,
+        self_attention=VarlenSequences.from_lengths(
+            *[torch.cat([prefix_length, response_length])] * 2
+        ),
+        prefix_context=VarlenSequences.from_lengths(is_response.sum(1), prefix_length),
     )
     return layout, stream_position
 
 
-# --------------------------------------------------------------------------------------------
-# Variable-length causal attention kernels: (T_q, H, D) queries, (T_k, H_kv, D) keys/values
-# --------------------------------------------------------------------------------------------
+def merge_attention(out, lse, part_out, part_lse) -> None:
+    """In place: (out (T, H, D), lse (H, T)) becomes the attention over its keys and the part's
+    (same queries, disjoint keys): lse <- logaddexp(lse, part_lse), out <- exp(old lse - lse)
+    out + exp(part_lse - lse) part_out, in float32 (float64 for float64)."""
+    compute = torch.promote_types(out.dtype, torch.float32)
+    merged_lse = torch.logaddexp(lse, part_lse.to(lse.dtype))
+    weight = torch.exp(lse - merged_lse).t().unsqueeze(-1).to(compute)
+    part_weight = torch.exp(part_lse - merged_lse).t().unsqueeze(-1).to(compute)
+    out.copy_(out.to(compute) * weight + part_out.to(compute) * part_weight)
+    lse.copy_(merged_lse)
 
 
-def sdpa_varlen(q, k, v, cu_q, cu_k, scale):
-    """Reference: one sdpa call a sequence, causal aligned bottom-right (any device)."""
-    outputs = []
-    for i in range(len(cu_q) - 1):
-        qi = q[cu_q[i] : cu_q[i + 1]].transpose(0, 1)
-        ki = k[cu_k[i] : cu_k[i + 1]].transpose(0, 1)
-        vi = v[cu_k[i] : cu_k[i + 1]].transpose(0, 1)
-        if ki.shape[0] != qi.shape[0]:  # grouped-query attention
-            ki = ki.repeat_interleave(qi.shape[0] // ki.shape[0], dim=0)
-            vi = vi.repeat_interleave(qi.shape[0] // vi.shape[0], dim=0)
-        n_q, n_k = qi.shape[1], ki.shape[1]
-        mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
-        out = F.scaled_dot_product_attention(qi, ki, vi, mask, scale=scale)
-        outputs.append(out.transpose(0, 1))
-    return torch.cat(outputs)
+class SharedPrefixAttention(torch.autograd.Function):
+    """out (N, H, D) of the prefixes-first stream q (N, H, D), k, v (N, H_kv, D): prefix tokens
+    attend causally to their prefix, response tokens to their row's prefix and causally to
+    themselves (the module docstring's self + context + merge)."""
 
-
-@functools.cache
-def varlen_kernel(device_type: str) -> str:
-    """ "flash_attn", "torch" or "sdpa": which kernel the varlen attention uses on a device.
-
-    flash-attn counts only from 2.1, which aligned the causal mask bottom-right for queries
-    shorter than keys (top-left before)."""
-    if device_type == "cuda":
-        if importlib.util.find_spec("flash_attn") is not None:
-            from importlib.metadata import version
-
-            major, minor = (int(x) for x in version("flash_attn").split(".")[:2])
-            if (major, minor) >= (2, 1):
-                return "flash_attn"
-        if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
-            return "torch"
-    return "sdpa"
-
-
-@functools.cache
-def _torch_varlen_parameters() -> frozenset:
-    from torch.nn.attention.varlen import varlen_attn
-
-    return frozenset(inspect.signature(varlen_attn).parameters)
-
-
-def varlen_causal_attention(q, k, v, cu_q, cu_k, cu_q_list, cu_k_list, max_q, max_k, scale):
-    """Causal attention of each query sequence on its key sequence, aligned bottom-right."""
-    kernel = varlen_kernel(q.device.type)
-    if kernel != "sdpa":
-        # flash-attention's kernels take 16-bit inputs only. Under autocast with float32 weights
-        # RoPE hands over float32 q, k and a 16-bit v: run in the autocast dtype, as the
-        # attention would under autocast; float32 without autocast takes the sdpa loop.
-        device_type = q.device.type
-        autocast = torch.is_autocast_enabled(device_type)
-        dtype = torch.get_autocast_dtype(device_type) if autocast else q.dtype
-        if dtype in (torch.float16, torch.bfloat16):
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        else:
-            kernel = "sdpa"
-    if kernel == "flash_attn":
-        from flash_attn import flash_attn_varlen_func
-
-        return flash_attn_varlen_func(
-            q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True
+    @staticmethod
+    def forward(ctx, q, k, v, layout: VarlenLayout, scale: float):
+        kernels = kernels_for(q)
+        n = layout.n_prefix
+        out, lse, self_state = kernels.forward(q, k, v, layout.self_attention, True, scale)
+        context_out, context_lse, context_state = kernels.forward(
+            q[n:], k[:n], v[:n], layout.prefix_context, False, scale
         )
-    if kernel == "torch":
-        from torch.nn.attention.varlen import varlen_attn
+        merge_attention(out[n:], lse[:, n:], context_out, context_lse)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.kernels, ctx.layout, ctx.scale = kernels, layout, scale
+        ctx.states = (self_state, context_state)
+        return out
 
-        # Its signature changed across torch releases: causal as window_size=(-1, 0) (newer)
-        # or is_causal=True; scale and enable_gqa only in newer ones.
-        parameters = _torch_varlen_parameters()
-        options = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
-        if "scale" in parameters:
-            options["scale"] = scale
-        elif scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-12:
-            return sdpa_varlen(q, k, v, cu_q_list, cu_k_list, scale)
-        if k.shape[1] != q.shape[1]:  # grouped-query attention
-            if "enable_gqa" in parameters:
-                options["enable_gqa"] = True
-            else:
-                k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-                v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **options)
-    return sdpa_varlen(q, k, v, cu_q_list, cu_k_list, scale)
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        kernels, layout, scale = ctx.kernels, ctx.layout, ctx.scale
+        self_state, context_state = ctx.states
+        n = layout.n_prefix
+        dout = dout.contiguous()
+        dq, dk, dv = kernels.backward(
+            dout, q, k, v, out, lse, layout.self_attention, True, scale, self_state
+        )
+        context_dq, context_dk, context_dv = kernels.backward(
+            dout[n:], q[n:], k[:n], v[:n], out[n:], lse[:, n:].contiguous(),
+            layout.prefix_context, False, scale, context_state,
+        )  # fmt: skip
+        dq[n:] += context_dq
+        dk[:n] += context_dk
+        dv[:n] += context_dv
+        return dq, dk, dv, None, None
+
+
+def _kernel_dtype(q, k, v):
+    """q, k, v in one dtype: under autocast the autocast dtype (RoPE hands over float32 q, k
+    and a 16-bit v when the weights are float32), else q's."""
+    device_type = q.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = q.dtype
+    return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
 def varlen_shared_attention(
@@ -228,18 +170,9 @@ def varlen_shared_attention(
         )
     if dropout:
         raise ValueError("the varlen shared-prefix attention has no attention dropout")
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (N, H, D)
-    prefix, keys = layout.prefix_index, layout.kv_index
-    prefix_out = varlen_causal_attention(
-        q[prefix], k[prefix], v[prefix], layout.cu_prefix, layout.cu_prefix,
-        layout.cu_prefix_list, layout.cu_prefix_list, layout.max_prefix, layout.max_prefix,
-        scaling,
-    )  # fmt: skip
-    response_out = varlen_causal_attention(
-        q[layout.response_index], k[keys], v[keys], layout.cu_query, layout.cu_key,
-        layout.cu_query_list, layout.cu_key_list, layout.max_query, layout.max_key, scaling,
-    )  # fmt: skip
-    out = torch.cat([prefix_out, response_out])[layout.inverse]
+    q, k, v = _kernel_dtype(*(t[0].transpose(0, 1) for t in (query, key, value)))
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    out = SharedPrefixAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), layout, scale)
     return out.unsqueeze(0), None
 
 
@@ -249,8 +182,12 @@ def varlen_shared_forward(llava, batch: dict) -> tuple[torch.Tensor, torch.Tenso
     packed = batch["shared"]
     device = llava.lm_head.weight.device
     layout, stream_position = build_varlen_layout(packed["segments"])
-    keep = stream_position >= 0
-    ids = packed["input_ids"].cpu()[keep][None].to(device)
+    # The packed (row, column) of each stream position, in stream order.
+    flat_position = stream_position.flatten()
+    kept = (flat_position >= 0).nonzero().squeeze(1)
+    order = kept[torch.argsort(flat_position[kept])]
+    ids = packed["input_ids"].cpu().flatten()[order][None].to(device)
+    # Image tokens sit in the prefixes, which keep their row order: the features' order holds.
     features = image_features(llava, batch["pixel_values"].to(device, llava.dtype))
     embeds = embed_with_images(llava, ids, features)
     # A 4-D placeholder mask: transformers passes it through untouched (no N x N mask is
@@ -258,7 +195,7 @@ def varlen_shared_forward(llava, batch: dict) -> tuple[torch.Tensor, torch.Tenso
     out = llava.model.language_model(
         inputs_embeds=embeds,
         attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device),
-        position_ids=packed["position_ids"].cpu()[keep][None].to(device),
+        position_ids=packed["position_ids"].cpu().flatten()[order][None].to(device),
         symmpo_shared=layout.to(device),
     )
     rows = packed["gather_rows"].cpu()[:, None]

@@ -1,0 +1,190 @@
+"""The varlen shared-prefix attention (shared_varlen.py, varlen_kernels.py) against sdpa on
+explicitly gathered keys: outputs and gradients, its layout, and what it keeps for backward."""
+
+import pytest
+import torch
+from varlen_oracle import sdpa_varlen, shared_attention_oracle
+
+from symmpo.train import shared_varlen, varlen_kernels
+from symmpo.train.shared_varlen import SharedPrefixAttention, build_varlen_layout
+from symmpo.train.varlen_kernels import REFERENCE, AttentionKernels, VarlenSequences
+
+
+def random_qkv(n, heads, kv_heads, dim=8, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, heads, dim, generator=gen, dtype=dtype)
+    k, v = (torch.randn(n, kv_heads, dim, generator=gen, dtype=dtype) for _ in range(2))
+    return q, k, v
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
+def test_sdpa_oracle_is_causal_bottom_right(heads, kv_heads):
+    """Query j of a q-sequence of length R against keys of length P + R sees keys 0..P + j."""
+    gen = torch.Generator().manual_seed(0)
+    cu_q, cu_k = [0, 3, 4], [0, 5, 7]  # (R, P + R) = (3, 5) and (1, 2)
+    q = torch.randn(4, heads, 8, generator=gen, dtype=torch.float64)
+    k = torch.randn(7, kv_heads, 8, generator=gen, dtype=torch.float64)
+    v = torch.randn(7, kv_heads, 8, generator=gen, dtype=torch.float64)
+    got = sdpa_varlen(q, k, v, cu_q, cu_k, scale=0.3)
+    for seq in range(2):
+        n_q, n_k = cu_q[seq + 1] - cu_q[seq], cu_k[seq + 1] - cu_k[seq]
+        for j in range(n_q):
+            for h in range(heads):
+                kh = h // (heads // kv_heads)
+                keys = k[cu_k[seq] : cu_k[seq] + n_k - n_q + j + 1, kh]
+                values = v[cu_k[seq] : cu_k[seq] + n_k - n_q + j + 1, kh]
+                weights = torch.softmax(0.3 * keys @ q[cu_q[seq] + j, h], 0)
+                torch.testing.assert_close(got[cu_q[seq] + j, h], weights @ values)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
+def test_reference_kernels_match_sdpa(causal, heads, kv_heads):
+    """Forward: out as sdpa's, lse = log sum exp of the visible scaled scores. Backward, given
+    that out and lse: sdpa's autograd gradients."""
+    q_lengths, k_lengths = torch.tensor([3, 1, 4]), torch.tensor([5, 2, 4])
+    seqs = VarlenSequences.from_lengths(q_lengths, k_lengths)
+    q, _, _ = random_qkv(8, heads, kv_heads, seed=1)
+    _, k, v = random_qkv(11, heads, kv_heads, seed=2)
+    out, lse, state = REFERENCE.forward(q, k, v, seqs, causal, 0.3)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    want = sdpa_varlen(*leaves, seqs.cu_q_list, seqs.cu_k_list, 0.3, causal=causal)
+    torch.testing.assert_close(out, want.detach())
+    # lse of query 0 of sequence 2 (4 queries on 4 keys): causal sees key 0 only.
+    scores = 0.3 * k[7 : 8 if causal else 11, 0] @ q[4, 0]
+    torch.testing.assert_close(lse[0, 4], torch.logsumexp(scores, 0))
+    dout = torch.randn_like(out)
+    want.backward(dout)
+    got = REFERENCE.backward(dout, q, k, v, out, lse, seqs, causal, 0.3, state)
+    for g, leaf in zip(got, leaves, strict=True):
+        torch.testing.assert_close(g, leaf.grad)
+
+
+def stream_lengths(prefix_lengths, response_lengths):
+    """Packed segments (rows, L) for rows of a prefix then responses."""
+    width = max(p + sum(r) for p, r in zip(prefix_lengths, response_lengths, strict=True)) + 2
+    segments = torch.full((len(prefix_lengths), width), -1)
+    for row, (p, responses) in enumerate(zip(prefix_lengths, response_lengths, strict=True)):
+        segments[row, :p] = 0
+        start = p
+        for k, n in enumerate(responses, start=1):
+            segments[row, start : start + n] = k
+            start += n
+    return segments
+
+
+# Rows of different prefix lengths, three and two responses, a one-token response.
+PREFIXES, RESPONSES = [5, 3, 4, 4], [[2, 3, 1], [4, 2], [3, 3, 2], [1, 2]]
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2)])
+def test_shared_prefix_attention_matches_gathered_sdpa(heads, kv_heads):
+    layout, _ = build_varlen_layout(stream_lengths(PREFIXES, RESPONSES))
+    n = sum(PREFIXES) + sum(map(sum, RESPONSES))
+    q, k, v = random_qkv(n, heads, kv_heads, seed=3)
+    ours = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    theirs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = SharedPrefixAttention.apply(*ours, layout, 0.35)
+    want = shared_attention_oracle(*theirs, PREFIXES, RESPONSES, 0.35)
+    torch.testing.assert_close(out, want)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    want.backward(dout)
+    for mine, reference in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine.grad, reference.grad)
+
+
+def test_layout_by_hand():
+    # Row 0: prefix (2 tokens), response 1 (2), response 2 (1), padding. Row 1: prefix (3),
+    # response 3 (1), padding. Stream, prefixes first: [p p | P P P | a a b | c].
+    segments = torch.tensor([[0, 0, 1, 1, 2, -1], [0, 0, 0, 3, -1, -1]])
+    layout, stream = build_varlen_layout(segments)
+    assert stream.tolist() == [[0, 1, 5, 6, 7, -1], [2, 3, 4, 8, -1, -1]]
+    assert layout.n_prefix == 5
+    # Every segment on itself: the prefixes, then the responses a, b, c.
+    assert layout.self_attention.cu_q.tolist() == [0, 2, 5, 7, 8, 9]
+    assert layout.self_attention.cu_k_list == [0, 2, 5, 7, 8, 9]
+    assert layout.self_attention.max_q == layout.self_attention.max_k == 3
+    # Row r's responses (stream[5:]) on row r's prefix (stream[:5]).
+    assert layout.prefix_context.cu_q_list == [0, 3, 4] and layout.prefix_context.max_q == 3
+    assert layout.prefix_context.cu_k_list == [0, 2, 5] and layout.prefix_context.max_k == 3
+    assert layout.self_attention.cu_q.dtype == torch.int32
+
+
+def test_layout_refuses_a_row_without_prefix():
+    with pytest.raises(ValueError, match="every packed row needs a prefix"):
+        build_varlen_layout(torch.tensor([[0, 1, 1], [1, 1, -1]]))
+
+
+def test_keeps_for_backward_only_q_k_v_out_and_lse():
+    """No gathered keys, no per-response copies: what the attention holds until its backward
+    is the bytes of q, k, v, out and lse (H x N float32)."""
+    layout, _ = build_varlen_layout(stream_lengths(PREFIXES, RESPONSES))
+    n = sum(PREFIXES) + sum(map(sum, RESPONSES))
+    q, k, v = (t.float().requires_grad_(True) for t in random_qkv(n, 4, 2, dim=16))
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = SharedPrefixAttention.apply(q, k, v, layout, 0.25)
+    lse_bytes = 4 * n * 4
+    assert sum(storages.values()) == 2 * q.nbytes + k.nbytes + v.nbytes + lse_bytes
+    assert out.shape == q.shape
+
+
+def test_flash_kernels_get_the_autocast_dtype(monkeypatch):
+    """Under autocast with float32 weights RoPE hands over float32 q, k and a bf16 v: the
+    kernels get all three in the autocast dtype; without autocast, q's dtype."""
+    seen = []
+
+    def recording_forward(q, k, v, *args):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return REFERENCE.forward(q, k, v, *args)
+
+    recording = AttentionKernels("recording", recording_forward, REFERENCE.backward)
+    monkeypatch.setattr(shared_varlen, "kernels_for", lambda q: recording)
+    layout, _ = build_varlen_layout(stream_lengths([2, 2], [[1, 2], [2]]))
+    q, k, v = random_qkv(9, 2, 2, dtype=torch.float32)
+    query, key, value = (t.transpose(0, 1)[None] for t in (q, k, v.bfloat16()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = shared_varlen.varlen_shared_attention(None, query, key, value, None,
+                                                       symmpo_shared=layout)  # fmt: skip
+    assert set(seen) == {(torch.bfloat16,) * 3} and out.dtype == torch.bfloat16
+    seen.clear()
+    shared_varlen.varlen_shared_attention(None, query, key, value.float(), None,
+                                          symmpo_shared=layout)  # fmt: skip
+    assert set(seen) == {(torch.float32,) * 3}
+
+
+def test_flash_is_chosen_only_where_it_runs():
+    q = torch.zeros(4, 2, 64, dtype=torch.bfloat16)
+    assert not varlen_kernels.flash_supported(q)  # not CUDA
+    assert varlen_kernels.kernels_for(q) is REFERENCE
+
+
+def test_lse_layout_is_checked():
+    lse = torch.zeros(7, 3)  # (T, H): transposed to (H, T)
+    assert varlen_kernels._heads_first(lse, 7, 3).shape == (3, 7)
+    with pytest.raises(RuntimeError, match=r"expected \(3, 7\) for 7 queries and 3 heads"):
+        varlen_kernels._heads_first(torch.zeros(2, 7, 3), 7, 3)
+
+
+def test_flash_wrappers_follow_the_aten_schemas(monkeypatch):
+    """The CUDA path's plumbing, run on meta tensors (PyTorch's shape functions for its flash
+    ops): arguments in schema order, lse as (H, T_q) float32, gradients shaped as q, k, v,
+    through the merged attention's forward and backward."""
+    monkeypatch.setattr(shared_varlen, "kernels_for", lambda q: varlen_kernels.FLASH)
+    layout, _ = build_varlen_layout(stream_lengths(PREFIXES, RESPONSES))
+    n = sum(PREFIXES) + sum(map(sum, RESPONSES))
+    q = torch.empty(n, 4, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
+    k, v = (torch.empty(n, 2, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
+            for _ in range(2))  # fmt: skip
+    out, lse, _ = varlen_kernels.FLASH.forward(q, k, v, layout.self_attention, True, 0.125)
+    assert lse.shape == (4, n) and lse.dtype == torch.float32
+    out = SharedPrefixAttention.apply(q, k, v, layout.to("meta"), 0.125)
+    out.backward(torch.empty_like(out))
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    assert [t.grad.shape for t in (q, k, v)] == [q.shape, k.shape, v.shape]

@@ -5,9 +5,12 @@
 
 Shapes: B = 4 examples (20 sequences), V = 32064, every position after the first a target, so
 N = 20 (T - 1). Modes: forward (loss with the graph kept), backward (given the forward),
-full (forward + backward), reference (scoring reference logits, no gradient). Bytes counted
-for GB/s (2-byte logits): forward N V 2, backward 2 N V 2 (read once, write the gradient once),
-full 3 N V 2, reference N V 2: the floor of ../shared/SPEC.md. Peak memory is what a call
+full (forward + backward), reference (scoring reference logits, no gradient), and for the
+Triton path full_unchecked: full without reading the kernels' validation flags, the one host
+sync of symmpo_loss (after the forward kernels: the backward's launch waits for it), to measure
+what that sync costs a step. Bytes counted for GB/s (2-byte logits): forward N V 2, backward
+2 N V 2 (read once, write the gradient once), full 3 N V 2, reference N V 2: the floor of
+../shared/SPEC.md. Peak memory is what a call
 allocates beyond its inputs (the logits gradient included in backward/full).
 """
 
@@ -21,7 +24,7 @@ from measure import median_ms, peak_extra_mb, run_pytest_benchmark
 from results_csv import environment, make_row, write_rows
 
 from symmpo import SymMPOConfig, reference, symmpo_loss
-from symmpo.implementations import score_reference
+from symmpo.implementations import fused_symmpo, score_reference
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -43,8 +46,8 @@ elif TINY and os.environ.get("TRITON_INTERPRET") == "1":
     PROVIDERS = ["symmpo_triton", "eager"]  # the fused path under Triton's interpreter
 else:
     PROVIDERS = ["eager"]
-MODES = ["forward", "backward", "full", "reference"]
-BYTES_PER_ELEMENT = {"forward": 2, "backward": 4, "full": 6, "reference": 2}  # x element size/2
+MODES = ["forward", "backward", "full", "full_unchecked", "reference"]
+BYTES_PER_ELEMENT = {"forward": 2, "backward": 4, "full": 6, "full_unchecked": 6, "reference": 2}
 CONFIG = SymMPOConfig()
 
 
@@ -100,6 +103,11 @@ def loss_fn(provider):
     return lambda x, y, r: eager_loss(x, y, r, sequence_logps=_compiled())
 
 
+def unchecked_loss(logits, labels, ref_logps):
+    """symmpo_loss's Triton path without its flag read (no host sync): benchmarks only."""
+    return fused_symmpo(logits, labels, ref_logps, CONFIG, inplace_grad=False).mean_loss
+
+
 def reference_fn(provider):
     if provider == "symmpo_triton":
         return lambda x, y: score_reference(x, y, False, -100, "triton")
@@ -112,6 +120,8 @@ def reference_fn(provider):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("n_positions", N_POSITIONS)
 def test_logits_path(benchmark, n_positions, provider, mode):
+    if mode == "full_unchecked" and provider != "symmpo_triton":
+        pytest.skip("full_unchecked: the Triton path's flag read only")
     if provider == "torch_compile" and COMPILE_N and str(n_positions) not in COMPILE_N.split(","):
         pytest.skip(f"torch.compile not run at N = {n_positions} (SYMMPO_BENCH_COMPILE_N)")
     logits, labels, ref_logps = make_inputs(n_positions)
@@ -129,7 +139,9 @@ def test_logits_path(benchmark, n_positions, provider, mode):
         compute = loss_fn(provider)
         if mode == "forward":
             step = lambda: compute(logits, labels, ref_logps)  # noqa: E731
-        elif mode == "full":
+        elif mode in ("full", "full_unchecked"):
+            if mode == "full_unchecked":
+                compute = unchecked_loss
 
             def step():
                 compute(logits, labels, ref_logps).backward()

@@ -243,16 +243,16 @@ def test_shared_prefix_attention_with_flash_matches_gathered_sdpa(kv_heads):
     layout, _ = build_varlen_layout(segments)
     n = sum(prefixes) + sum(map(sum, responses))
     gen = torch.Generator(device="cuda").manual_seed(1)
-    q = torch.randn(n, 8, 64, device="cuda", generator=gen)
-    k, v = (torch.randn(n, kv_heads, 64, device="cuda", generator=gen) for _ in range(2))
+    q = torch.randn(n, 8, 128, device="cuda", generator=gen)  # LLaVA-1.5's head size
+    k, v = (torch.randn(n, kv_heads, 128, device="cuda", generator=gen) for _ in range(2))
     dout = torch.randn_like(q)
     results = []
     for dtype in (torch.bfloat16, torch.float32):
         leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
         if dtype == torch.bfloat16:
-            out = SharedPrefixAttention.apply(*leaves, layout.to("cuda"), 0.125)
+            out = SharedPrefixAttention.apply(*leaves, layout.to("cuda"), 128**-0.5)
         else:
-            out = shared_attention_oracle(*leaves, prefixes, responses, 0.125)
+            out = shared_attention_oracle(*leaves, prefixes, responses, 128**-0.5)
         out.backward(dout.to(dtype))
         results.append([out.float(), *(t.grad.float() for t in leaves)])
     for got, want in zip(*results, strict=True):

@@ -174,8 +174,9 @@ def test_lse_layout_is_checked():
 
 def test_flash_wrappers_follow_the_aten_schemas(monkeypatch):
     """The CUDA path's plumbing, run on meta tensors (PyTorch's shape functions for its flash
-    ops): arguments in schema order, lse as (H, T_q) float32, gradients shaped as q, k, v,
-    through the merged attention's forward and backward."""
+    ops): the calls' arity and types, lse as (H, T_q) float32, gradients shaped as q, k, v
+    through the merged attention's forward and backward. Shapes only: the values (argument
+    order included) are checked by tests/test_cuda.py on a GPU."""
     monkeypatch.setattr(shared_varlen, "kernels_for", lambda q: varlen_kernels.FLASH)
     layout, _ = build_varlen_layout(stream_lengths(PREFIXES, RESPONSES))
     n = sum(PREFIXES) + sum(map(sum, RESPONSES))
@@ -188,3 +189,36 @@ def test_flash_wrappers_follow_the_aten_schemas(monkeypatch):
     out.backward(torch.empty_like(out))
     assert out.shape == q.shape and out.dtype == torch.bfloat16
     assert [t.grad.shape for t in (q, k, v)] == [q.shape, k.shape, v.shape]
+
+
+def test_reference_keeps_float32_under_autocast():
+    """Autocast must not lower the reference's math: bf16 q, k, v under CPU autocast give the
+    same outputs and gradients as without it."""
+    layout, _ = build_varlen_layout(stream_lengths(PREFIXES, RESPONSES))
+    n = sum(PREFIXES) + sum(map(sum, RESPONSES))
+    q, k, v = (t.bfloat16() for t in random_qkv(n, 4, 2, dim=16, seed=5))
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(6)).bfloat16()
+    results = []
+    for autocast in (False, True):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = SharedPrefixAttention.apply(*leaves, layout, 0.25)
+        out.backward(dout)
+        results.append([out, *(t.grad for t in leaves)])
+    for plain, autocast in zip(*results, strict=True):
+        torch.testing.assert_close(autocast, plain, rtol=0, atol=0)
+
+
+def test_a_row_without_responses():
+    """A prefix with no responses (and a stream with none at all) attends causally to itself."""
+    prefixes, responses = [3, 4], [[2, 1], []]
+    layout, _ = build_varlen_layout(stream_lengths(prefixes, responses))
+    q, k, v = (t.requires_grad_(True) for t in random_qkv(10, 2, 2, seed=7))
+    out = SharedPrefixAttention.apply(q, k, v, layout, 0.3)
+    torch.testing.assert_close(out, shared_attention_oracle(q, k, v, prefixes, responses, 0.3))
+    only_prefixes, _ = build_varlen_layout(stream_lengths([3, 4], [[], []]))
+    q7, k7, v7 = (t[:7].detach().requires_grad_(True) for t in (q, k, v))
+    out = SharedPrefixAttention.apply(q7, k7, v7, only_prefixes, 0.3)
+    out.sum().backward()
+    want = shared_attention_oracle(q[:7], k[:7], v[:7], [3, 4], [[], []], 0.3)
+    torch.testing.assert_close(out, want)

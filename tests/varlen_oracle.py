@@ -44,6 +44,8 @@ def shared_attention_oracle(q, k, v, prefix_lengths, response_lengths, scale):
             cu_q.append(cu_q[-1] + n)
             cu_k.append(cu_k[-1] + len(keys[-1]))
             start += n
+    if not keys:
+        return prefix_out
     keys = torch.cat(keys)
     response_out = sdpa_varlen(q[n_prefix:], k[keys], v[keys], cu_q, cu_k, scale)
     return torch.cat([prefix_out, response_out])

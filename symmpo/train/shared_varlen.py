@@ -20,8 +20,8 @@ runs as two attentions over disjoint key sets, merged by their log-sum-exp:
 The backward calls each part's flash backward with the merged out and lse (varlen_kernels.py
 says why that is exact) and adds the two parts' gradients. Nothing of a prefix is gathered or
 repeated per response: saved for backward are q, k, v, out and lse, as for one attention call.
-The attention FLOPs are the nonzero part of the mask route's, with no padded rows and no
-masked tiles.
+The attention FLOPs are the nonzero part of the mask route's: no padded rows, and no tiles
+of other sequences (only the causal diagonal's are partly masked).
 
 Kernels (varlen_kernels.py): PyTorch's flash-attention on CUDA in fp16/bf16 (under autocast
 q, k, v go to the autocast dtype first), else the float32 reference (the CPU, tests).
@@ -32,6 +32,7 @@ that carry no layout (generation, the naive forward) go to sdpa unchanged.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -101,8 +102,18 @@ def merge_attention(out, lse, part_out, part_lse) -> None:
     merged_lse = torch.logaddexp(lse, part_lse.to(lse.dtype))
     weight = torch.exp(lse - merged_lse).t().unsqueeze(-1).to(compute)
     part_weight = torch.exp(part_lse - merged_lse).t().unsqueeze(-1).to(compute)
-    out.copy_(out.to(compute) * weight + part_out.to(compute) * part_weight)
+    # Two (T, H, D) temporaries in the compute dtype at most (none when out is already in it).
+    merged = out.to(compute).mul_(weight)
+    merged.add_(part_out.to(compute).mul_(part_weight))
+    out.copy_(merged)
     lse.copy_(merged_lse)
+
+
+def _without_autocast(device_type: str):
+    """Autocast off on the device (a no-op context where autocast has no such device: meta)."""
+    if device_type not in ("cpu", "cuda", "xpu", "mps"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 class SharedPrefixAttention(torch.autograd.Function):
@@ -114,13 +125,19 @@ class SharedPrefixAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, layout: VarlenLayout, scale: float):
         kernels = kernels_for(q)
         n = layout.n_prefix
-        out, lse, self_state = kernels.forward(q, k, v, layout.self_attention, True, scale)
-        context_out, context_lse, context_state = kernels.forward(
-            q[n:], k[:n], v[:n], layout.prefix_context, False, scale
-        )
-        merge_attention(out[n:], lse[:, n:], context_out, context_lse)
+        has_responses = q.shape[0] > n
+        # q, k, v arrive in the kernels' dtype; autocast must not lower the reference's float32.
+        with _without_autocast(q.device.type):
+            out, lse, self_state = kernels.forward(q, k, v, layout.self_attention, True, scale)
+            context_state = None
+            if has_responses:
+                context_out, context_lse, context_state = kernels.forward(
+                    q[n:], k[:n], v[:n], layout.prefix_context, False, scale
+                )
+                merge_attention(out[n:], lse[:, n:], context_out, context_lse)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.kernels, ctx.layout, ctx.scale = kernels, layout, scale
+        ctx.has_responses = has_responses
         ctx.states = (self_state, context_state)
         return out
 
@@ -131,16 +148,18 @@ class SharedPrefixAttention(torch.autograd.Function):
         self_state, context_state = ctx.states
         n = layout.n_prefix
         dout = dout.contiguous()
-        dq, dk, dv = kernels.backward(
-            dout, q, k, v, out, lse, layout.self_attention, True, scale, self_state
-        )
-        context_dq, context_dk, context_dv = kernels.backward(
-            dout[n:], q[n:], k[:n], v[:n], out[n:], lse[:, n:].contiguous(),
-            layout.prefix_context, False, scale, context_state,
-        )  # fmt: skip
-        dq[n:] += context_dq
-        dk[:n] += context_dk
-        dv[:n] += context_dv
+        with _without_autocast(q.device.type):
+            dq, dk, dv = kernels.backward(
+                dout, q, k, v, out, lse, layout.self_attention, True, scale, self_state
+            )
+            if ctx.has_responses:
+                context_dq, context_dk, context_dv = kernels.backward(
+                    dout[n:], q[n:], k[:n], v[:n], out[n:], lse[:, n:].contiguous(),
+                    layout.prefix_context, False, scale, context_state,
+                )  # fmt: skip
+                dq[n:] += context_dq
+                dk[:n] += context_dk
+                dv[:n] += context_dv
         return dq, dk, dv, None, None
 
 

@@ -23,8 +23,9 @@ Two implementations with the same interface (``AttentionKernels``):
   CUDA, fp16/bf16, sm80 or newer, head dim a multiple of 8 up to 256. Memory: out and lse,
   nothing of size T_q x T_k.
 - REFERENCE: the formulas above in PyTorch, one sequence at a time, in float32 (float64 for
-  float64 inputs): any device and dtype; the CPU and the tests. It materialises each
-  sequence's (H, n_q, n_k) scores.
+  float64 inputs; the caller turns autocast off around it): any device and dtype; the CPU, the
+  tests, GPUs or head sizes flash does not take. It materialises each sequence's (H, n_q, n_k)
+  scores.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def flash_supported(q: torch.Tensor) -> bool:
     and PyTorch built with flash-attention."""
     if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
         return False
+    if torch.version.hip is not None:  # ROCm's flash backend lays lse out as (B, H, max_q)
+        return False
     head_dim = q.shape[-1]
     if head_dim % 8 or head_dim > 256:
         return False
@@ -121,9 +124,10 @@ def flash_forward(q, k, v, seqs: VarlenSequences, causal: bool, scale: float):
 
 def flash_backward(dout, q, k, v, out, lse, seqs: VarlenSequences, causal, scale, state):
     rng_state, unused = state
+    # The kernel reads lse by raw pointer as a dense (H, T_q) array: no views.
     dq, dk, dv = torch.ops.aten._flash_attention_backward(
-        dout, q, k, v, out, lse, seqs.cu_q, seqs.cu_k, seqs.max_q, seqs.max_k, 0.0, causal,
-        rng_state, unused, scale=scale,
+        dout, q, k, v, out, lse.contiguous(), seqs.cu_q, seqs.cu_k, seqs.max_q, seqs.max_k,
+        0.0, causal, rng_state, unused, scale=scale,
     )  # fmt: skip
     return dq, dk, dv
 

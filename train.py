@@ -44,7 +44,7 @@ from symmpo.train.model import (
 )
 from symmpo.train.objectives import FORWARDS, LOSSES, compute_loss, score_batch
 from symmpo.train.reference_cache import ReferenceCache, file_identity, fingerprint
-from symmpo.train.shared_varlen import use_varlen_attention
+from symmpo.train.shared_varlen import choose_shared_attention, use_varlen_attention
 
 # ---------------------------------------------------------------------------------------------
 # Settings. Defaults for a real model follow the released SymMPO scripts (beta 0.1, lambda 0.5,
@@ -69,10 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--shared_attention",
-        choices=("mask", "varlen"),
-        default="mask",
+        choices=("auto", "mask", "varlen"),
+        default="auto",
         help="--forward shared: padded rows and a 4-D mask (sdpa), or one unpadded stream and "
-        "variable-length attention (PyTorch's flash-attention kernels on CUDA)",
+        "variable-length attention (PyTorch's flash-attention kernels on CUDA); auto: varlen "
+        "where those kernels run (CUDA sm80+, bf16), else mask",
     )
     p.add_argument("--logits_path", action="store_true", help="lm_head + symmpo_loss instead")
     p.add_argument("--max_steps", type=int, default=None, help="default: 1200 tiny, 1 epoch real")
@@ -163,7 +164,7 @@ def main(argv=None) -> dict:
     # Global batch = batch_size x processes x grad_accum examples per optimizer step, whatever
     # the process count; --global_batch_size fixes it and derives --grad_accum.
     world = accelerator.num_processes
-    if args.shared_attention != "mask" and args.forward != "shared":
+    if args.shared_attention != "auto" and args.forward != "shared":
         raise ValueError("--shared_attention chooses how --forward shared attends: add it")
     tiny = args.model_name_or_path is None
     args.batch_size = args.batch_size or (8 if tiny else 4)
@@ -220,8 +221,14 @@ def main(argv=None) -> dict:
                 zero[key] = value
     if args.liger:
         apply_liger(model, device)
-    if args.forward == "shared" and args.shared_attention == "varlen":
-        use_varlen_attention(model)
+    if args.forward == "shared":  # stored resolved: the reference cache key and evaluate.py
+        compute_dtype = torch.bfloat16 if use_bf16 else next(model.parameters()).dtype
+        args.shared_attention = choose_shared_attention(
+            args.shared_attention, model, device, compute_dtype
+        )
+        log(f"--forward shared attends with the {args.shared_attention} route")
+        if args.shared_attention == "varlen":
+            use_varlen_attention(model)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 

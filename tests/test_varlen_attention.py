@@ -222,3 +222,20 @@ def test_a_row_without_responses():
     out.sum().backward()
     want = shared_attention_oracle(q[:7], k[:7], v[:7], [3, 4], [[], []], 0.3)
     torch.testing.assert_close(out, want)
+
+
+def test_auto_takes_varlen_only_where_flash_runs(monkeypatch):
+    from symmpo.train.model import tiny_llava
+    from symmpo.train.tokenizer import build_tokenizer
+
+    model, _ = tiny_llava(build_tokenizer(), seed=0)
+    cpu = torch.device("cpu")
+    choose = shared_varlen.choose_shared_attention
+    assert choose("auto", model, cpu, torch.bfloat16) == "mask"  # no flash on the CPU
+    assert choose("varlen", model, cpu, torch.float32) == "varlen"  # an explicit choice holds
+    probes = []
+    monkeypatch.setattr(shared_varlen, "flash_supported", lambda q: probes.append(q) or True)
+    assert choose("auto", model, cpu, torch.bfloat16) == "varlen"
+    text = model.config.text_config
+    assert probes[0].dtype == torch.bfloat16
+    assert probes[0].shape[1:] == (text.num_attention_heads, text.head_dim)

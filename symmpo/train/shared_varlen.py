@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import embed_with_images, image_features
-from .varlen_kernels import VarlenSequences, kernels_for
+from .model import embed_with_images, image_features, unwrap
+from .varlen_kernels import VarlenSequences, flash_supported, kernels_for
 
 #: The attention implementation name registered with transformers.
 VARLEN_ATTENTION = "symmpo_shared_varlen"
@@ -230,6 +230,20 @@ def register_varlen_attention() -> None:
 
     AttentionInterface.register(VARLEN_ATTENTION, varlen_shared_attention)
     AttentionMaskInterface.register(VARLEN_ATTENTION, sdpa_mask)
+
+
+def choose_shared_attention(choice: str, llava, device: torch.device, dtype: torch.dtype) -> str:
+    """ "mask" or "varlen" for ``--shared_attention choice``: "auto" takes varlen where its
+    flash-attention kernels run (CUDA, sm80+, fp16/bf16 compute, a head size they take): there
+    it is faster and leaner than the mask route (benchmarks/NOTES.md, run 8); elsewhere the
+    varlen route would fall back to its reference kernels, and the mask route (sdpa) is better.
+    """
+    if choice != "auto":
+        return choice
+    text = unwrap(llava).config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    probe = torch.empty(1, text.num_attention_heads, head_dim, dtype=dtype, device=device)
+    return "varlen" if flash_supported(probe) else "mask"
 
 
 def use_varlen_attention(llava) -> None:

@@ -84,6 +84,9 @@ def _symmpo_terms_kernel(
     grad_scale,
     HAS_COUNTS: tl.constexpr,
     AVERAGE: tl.constexpr,
+    POISON: tl.constexpr,
+    ALLOW_EMPTY: tl.constexpr,
+    CHECK_REF: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
     """One program over all B examples, BLOCK_B at a time. Inputs (5, B) contiguous: float32
@@ -95,6 +98,11 @@ def _symmpo_terms_kernel(
     3 reward margins (mean z), 5 mean rewards), and the mean loss again in mean_loss (()).
     flags[1] = sequences without a target (when HAS_COUNTS), flags[2] = non-finite reference
     log-probs (flags[0] is the log-prob kernel's count of bad labels).
+
+    POISON: when the flags mark the input invalid (bad labels; empty sequences unless
+    ALLOW_EMPTY; non-finite reference log-probs when CHECK_REF), every output but grad is
+    overwritten with NaN, so that a caller who defers reading the flags (no host sync) can
+    never see a plausible number computed from bad input.
     """
     cols = tl.arange(0, BLOCK_B)
     zero = tl.zeros([BLOCK_B], dtype=tl.float32)
@@ -200,8 +208,37 @@ def _symmpo_terms_kernel(
     tl.store(summary_ptr + 13, tl.sum(sum_r2, axis=0) * inv_batch)
     tl.store(summary_ptr + 14, tl.sum(sum_r3, axis=0) * inv_batch)
     tl.store(summary_ptr + 15, tl.sum(sum_r4, axis=0) * inv_batch)
-    tl.store(flags_ptr + 1, tl.sum(empty, axis=0))
-    tl.store(flags_ptr + 2, tl.sum(bad_ref, axis=0))
+    n_empty = tl.sum(empty, axis=0)
+    n_bad_ref = tl.sum(bad_ref, axis=0)
+    tl.store(flags_ptr + 1, n_empty)
+    tl.store(flags_ptr + 2, n_bad_ref)
+    if POISON:
+        invalid = tl.load(flags_ptr) > 0
+        if not ALLOW_EMPTY:
+            invalid = invalid | (n_empty > 0)
+        if CHECK_REF:
+            invalid = invalid | (n_bad_ref > 0)
+        if invalid:
+            _store_nan(policy_ptr, loss_ptr, terms_ptr, z_ptr, rewards_ptr, summary_ptr,
+                       mean_loss_ptr, batch, BLOCK_B)  # fmt: skip
+
+
+@triton.jit
+def _store_nan(policy_ptr, loss_ptr, terms_ptr, z_ptr, rewards_ptr, summary_ptr, mean_loss_ptr,
+               batch, BLOCK_B: tl.constexpr):  # fmt: skip
+    """NaN into every output of the terms kernel but grad: policy and rewards (5, B), loss
+    (B,), terms (4, B), z (3, B), summary (16,), mean_loss (())."""
+    cols = tl.arange(0, BLOCK_B)
+    nan = tl.full([BLOCK_B], float("nan"), tl.float32)
+    for start in range(0, 5 * batch, BLOCK_B):
+        offs = start + cols
+        tl.store(policy_ptr + offs, nan, mask=offs < 5 * batch)
+        tl.store(rewards_ptr + offs, nan, mask=offs < 5 * batch)
+        tl.store(loss_ptr + offs, nan, mask=offs < batch)
+        tl.store(terms_ptr + offs, nan, mask=offs < 4 * batch)
+        tl.store(z_ptr + offs, nan, mask=offs < 3 * batch)
+    tl.store(summary_ptr + cols, nan, mask=cols < 16)
+    tl.store(mean_loss_ptr + cols, nan, mask=cols < 1)
 
 
 #: The order of ``TermsResult.summary``.
@@ -239,6 +276,7 @@ def terms_and_summary(
     average: bool = False,
     grad_scale: float | None = None,
     flags: torch.Tensor | None = None,
+    poison: tuple[bool, bool] | None = None,
 ) -> TermsResult:
     """One launch from (5, B) log-prob sums (and int32 counts) to every per-example and batch
     output of the loss (TermsResult).
@@ -247,6 +285,8 @@ def terms_and_summary(
     ``average`` divides the sums by max(count, 1); grad is ``grad_scale`` * dL_i/ds_k, by
     default 1/B (the gradient of the batch mean). ``flags``: an int32 (3,) tensor whose
     elements 1 and 2 the kernel writes (element 0 belongs to the log-prob kernel).
+    ``poison`` = (allow_empty, check_ref): NaN in every output but grad when the flags mark
+    the input invalid under those rules (the kernel's POISON); None: no poisoning.
     """
     check_launchable(sums)
     if average and counts is None:
@@ -265,7 +305,9 @@ def terms_and_summary(
     _symmpo_terms_kernel[(1,)](
         sums, sums if counts is None else counts.contiguous(), ref, *result[:-1], result.flags,
         batch, *map(float, weights), 1.0 / batch if grad_scale is None else float(grad_scale),
-        HAS_COUNTS=counts is not None, AVERAGE=average, BLOCK_B=block,
+        HAS_COUNTS=counts is not None, AVERAGE=average, POISON=poison is not None,
+        ALLOW_EMPTY=bool(poison and poison[0]), CHECK_REF=bool(poison and poison[1]),
+        BLOCK_B=block,
     )  # fmt: skip
     return result
 
@@ -290,16 +332,19 @@ class FusedSymMPOLoss(torch.autograd.Function):
     outputs, dL/ds, batch means, validation flags). Backward, one launch: the log-prob backward
     kernel with g = dL/ds * grad_output (/ count when averaged) folded in, writing dL/dlogits
     once.
-    Outputs: the TermsResult fields, of which only ``mean_loss`` is differentiable. The caller
-    must read ``flags`` (one sync) before trusting the result: labels outside the vocabulary
-    are skipped by the kernels (never read through) and only counted there.
+    Outputs: the TermsResult fields, of which only ``mean_loss`` is differentiable. Labels
+    outside the vocabulary are skipped by the kernels (never read through) and counted in
+    ``flags``; when the flags mark the input invalid (``allow_empty``, ``check_ref``: see
+    terms_and_summary's ``poison``) every output but the internal dL/ds is NaN. The caller
+    reads ``flags`` (one sync) to raise a clear error, now or before the backward.
 
     With ``inplace_grad`` the gradient overwrites the logits buffer: the logits are gone after
     backward, so nothing else may read them later (another loss, a second backward, logging).
     """
 
     @staticmethod
-    def forward(ctx, logits, labels, ref_logps, weights, average, ignore_index, inplace_grad):
+    def forward(ctx, logits, labels, ref_logps, weights, average, ignore_index, inplace_grad,
+                allow_empty=True, check_ref=True):  # fmt: skip
         ctx.set_materialize_grads(False)
         flags = torch.zeros(len(FLAG_NAMES), dtype=torch.int32, device=logits.device)
         sums, counts, lse = logprobs_forward(logits, labels, ignore_index, bad_labels=flags)
@@ -307,6 +352,7 @@ class FusedSymMPOLoss(torch.autograd.Function):
         result = terms_and_summary(
             sums.view(NUM_KINDS, batch), ref_logps.view(NUM_KINDS, batch), weights,
             counts=counts.view(NUM_KINDS, batch), average=average, flags=flags,
+            poison=(allow_empty, check_ref),
         )  # fmt: skip
         ctx.save_for_backward(logits, labels, lse, counts, result.grad)
         ctx.average, ctx.ignore_index, ctx.inplace_grad = average, ignore_index, inplace_grad
@@ -323,4 +369,4 @@ class FusedSymMPOLoss(torch.autograd.Function):
             logits, labels, lse, grad_logps.view(-1), ctx.ignore_index, ctx.inplace_grad,
             grad_scale=grad_loss, counts=counts if ctx.average else None,
         )  # fmt: skip
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None

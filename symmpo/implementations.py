@@ -53,9 +53,12 @@ def fused_symmpo(
     ref_logps: torch.Tensor,
     config: SymMPOConfig,
     inplace_grad: bool,
+    check_ref: bool = True,
 ):
     """The Triton path: a symmpo_kernels.TermsResult whose ``mean_loss`` is differentiable.
-    Its ``flags`` are unread: the caller checks them (one sync)."""
+    Its ``flags`` are unread: the caller checks them (one sync). On input they mark invalid
+    (bad labels; empty sequences unless config.allow_empty; non-finite ref_logps when
+    ``check_ref``) every output is NaN."""
     kernels = _kernels()
     outputs = kernels.FusedSymMPOLoss.apply(
         logits,
@@ -65,6 +68,8 @@ def fused_symmpo(
         config.average_log_prob,
         config.ignore_index,
         inplace_grad,
+        config.allow_empty,
+        check_ref,
     )
     return kernels.TermsResult(*outputs)
 

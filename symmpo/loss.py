@@ -9,6 +9,7 @@ from .config import SymMPOConfig, resolve_config
 from .implementations import fused_symmpo, resolve_impl, score_reference, score_sequences
 from .output import PreferenceOutput, SymMPOOutput, build_symmpo_output, output_from_terms
 from .validation import (
+    CheckedBeforeBackward,
     check_labels,
     check_logps,
     check_same_device,
@@ -113,14 +114,26 @@ def symmpo_loss(
         return _symmpo_output(policy.view(5, -1), ref_logps, config)
 
     # Triton: the kernels check the values as they read them (labels outside the vocabulary
-    # are skipped and counted); one sync reads their flags before anything is returned.
-    result = fused_symmpo(logits, labels, ref_logps, config, inplace_grad)
-    bad_labels, empty, bad_ref = result.flags.tolist()
-    if bad_labels or (empty and not config.allow_empty) or (bad_ref and ref_logits is None):
-        checked_ref = None if given_ref_logps is None else given_ref_logps.float()  # as read
-        raise_invalid_values(
-            labels, vocab, config.ignore_index, config.allow_empty, ref_logps=checked_ref
+    # are skipped and counted) and make every output NaN when the input is invalid. Reading
+    # their flags is a host sync: without gradients it happens here; with gradients it waits
+    # for the backward (which raises before writing any gradient), so that the backward's
+    # launches queue behind the forward's instead of starting from an idle GPU.
+    result = fused_symmpo(logits, labels, ref_logps, config, inplace_grad, ref_logits is None)
+    checked_ref = None if given_ref_logps is None else given_ref_logps.float()  # as read
+
+    def raise_if_invalid(flags: torch.Tensor) -> None:
+        bad_labels, empty, bad_ref = flags.tolist()
+        if bad_labels or (empty and not config.allow_empty) or (bad_ref and ref_logits is None):
+            raise_invalid_values(
+                labels, vocab, config.ignore_index, config.allow_empty, ref_logps=checked_ref
+            )
+
+    if result.mean_loss.requires_grad:
+        result = result._replace(
+            mean_loss=CheckedBeforeBackward.apply(result.mean_loss, result.flags, raise_if_invalid)
         )
+    else:
+        raise_if_invalid(result.flags)
     return output_from_terms(result, ref_logps.float())
 
 

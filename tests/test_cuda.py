@@ -55,6 +55,21 @@ def test_bf16_errors_within_torch():
     assert_error_within(grad, eager_grad, exact_grad)
 
 
+def test_bad_labels_with_gradients_raise_in_backward():
+    """The compiled kernels poison every output on a bad label and backward raises before
+    writing the gradient into the logits (inplace_grad); without gradients the call raises."""
+    logits, labels, ref = llava_batch(1, 700, torch.bfloat16)
+    labels[3, 650] = V
+    x = logits.clone().requires_grad_(True)
+    out = symmpo_loss(x, labels, ref, inplace_grad=True)
+    assert torch.isnan(out.loss) and torch.isnan(out.policy_logps).all()
+    with pytest.raises(ValueError, match=rf"labels\[3, 650\] = {V} is outside"):
+        out.loss.backward()
+    assert torch.equal(x.detach(), logits)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"labels\[3, 650\]"):
+        symmpo_loss(logits, labels, ref)
+
+
 def test_ref_logits_inplace_and_non_contiguous():
     logits, labels, ref = llava_batch(1, 700, torch.bfloat16)
     ref_logits = logits + 0.1

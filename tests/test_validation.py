@@ -141,3 +141,47 @@ def test_not_a_tensor(batch):
     _, labels, ref = batch
     with pytest.raises(TypeError, match=r"logits must be a torch.Tensor, got list"):
         symmpo_loss([[1.0]], labels, ref)
+
+
+BAD_INPUTS = {
+    "label": (lambda labels, ref: labels.__setitem__((7, 4), 11), r"labels\[7, 4\] = 11"),
+    "empty": (lambda labels, ref: labels[5].__setitem__(slice(1, None), -100),
+              r"row 5 \(contrast_on_image of example 1\).*allow_empty"),
+    "ref": (lambda labels, ref: ref.__setitem__(3, float("nan")),
+            r"ref_logps holds non-finite values"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("inplace_grad", [False, True])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_triton_with_gradients_raises_in_backward(batch, case, inplace_grad):
+    """With gradients on, the Triton path reads its validation flags at the start of the
+    backward (no host sync in the forward): every output is NaN, and backward raises the same
+    error before any gradient is written (the logits stay intact under inplace_grad)."""
+    logits, labels, ref = batch
+    spoil, message = BAD_INPUTS[case]
+    spoil(labels, ref)
+    x = logits.clone().requires_grad_(True)
+    out = symmpo_loss(x, labels, ref, impl="triton", inplace_grad=inplace_grad)
+    for name in ("loss", "per_example_loss", "policy_logps", "rewards", "dpo", "pair",
+                 "margin", "anchor", "reward_margin_dpo"):  # fmt: skip
+        assert torch.isnan(getattr(out, name)).all(), name
+    with pytest.raises(ValueError, match=message):
+        out.loss.backward()
+    assert x.grad is None
+    assert torch.equal(x.detach(), logits)
+
+
+def test_triton_with_gradients_allows_what_the_config_allows(batch):
+    """Empty sequences with allow_empty are valid: numbers, not NaN, and a gradient; the
+    deferred check changes no value of a valid batch."""
+    logits, labels, ref = batch
+    labels[5, 1:] = -100
+    x = logits.clone().requires_grad_(True)
+    out = symmpo_loss(x, labels, ref, impl="triton", allow_empty=True)
+    with torch.no_grad():
+        eager = symmpo_loss(logits, labels, ref, impl="triton", allow_empty=True)
+    assert torch.isfinite(out.per_example_loss).all()
+    torch.testing.assert_close(out.loss, eager.loss, rtol=0, atol=0)
+    out.loss.backward()
+    assert torch.isfinite(x.grad).all()

@@ -226,19 +226,24 @@ def logprobs_backward(
     *,
     grad_scale: torch.Tensor | None = None,
     counts: torch.Tensor | None = None,
+    before_launch=None,
 ) -> torch.Tensor:
     """Gradient of sum_n g[n] * sums[n] with respect to logits, in the logits' dtype.
 
     g[n] = grad_seq[n], times the one-element ``grad_scale`` when given (the upstream gradient
     of a scalar loss), divided by max(counts[n], 1) when ``counts`` is given (averaged
     log-probs): both folded into the kernel, no extra launch. With ``inplace`` the gradient
-    overwrites ``logits`` (no second N*T*V buffer).
+    overwrites ``logits`` (no second N*T*V buffer). ``before_launch()``, when given, runs
+    right before the kernel's launch, after everything else this function does on the host:
+    a check that must sync (and may raise) leaves the GPU idle for the launch's latency only.
     """
     check_launchable(logits)
     rows, seq_len, vocab = logits.shape
     block, warps = block_config(vocab, logits.device, block_v, num_warps, "backward")
     grad = logits if inplace else torch.empty_like(logits)
     grad_seq = grad_seq.contiguous()
+    if before_launch is not None:
+        before_launch()
     _logprobs_bwd_kernel[(rows * seq_len,)](
         logits,
         labels,

@@ -336,7 +336,10 @@ class FusedSymMPOLoss(torch.autograd.Function):
     outside the vocabulary are skipped by the kernels (never read through) and counted in
     ``flags``; when the flags mark the input invalid (``allow_empty``, ``check_ref``: see
     terms_and_summary's ``poison``) every output but the internal dL/ds is NaN. The caller
-    reads ``flags`` (one sync) to raise a clear error, now or before the backward.
+    reads ``flags`` (one sync) to raise a clear error: after the forward, or through
+    ``check(flags)``, which the backward calls right before its kernel's launch (so that the
+    gradient is never written for invalid input, inplace_grad's logits stay intact, and the
+    GPU idles only for one launch's latency).
 
     With ``inplace_grad`` the gradient overwrites the logits buffer: the logits are gone after
     backward, so nothing else may read them later (another loss, a second backward, logging).
@@ -344,7 +347,7 @@ class FusedSymMPOLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, ref_logps, weights, average, ignore_index, inplace_grad,
-                allow_empty=True, check_ref=True):  # fmt: skip
+                allow_empty=True, check_ref=True, check=None):  # fmt: skip
         ctx.set_materialize_grads(False)
         flags = torch.zeros(len(FLAG_NAMES), dtype=torch.int32, device=logits.device)
         sums, counts, lse = logprobs_forward(logits, labels, ignore_index, bad_labels=flags)
@@ -356,6 +359,7 @@ class FusedSymMPOLoss(torch.autograd.Function):
         )  # fmt: skip
         ctx.save_for_backward(logits, labels, lse, counts, result.grad)
         ctx.average, ctx.ignore_index, ctx.inplace_grad = average, ignore_index, inplace_grad
+        ctx.check, ctx.flags = check, flags
         ctx.mark_non_differentiable(*result[:-2], result.flags)
         return result
 
@@ -368,5 +372,6 @@ class FusedSymMPOLoss(torch.autograd.Function):
         grad = logprobs_backward(
             logits, labels, lse, grad_logps.view(-1), ctx.ignore_index, ctx.inplace_grad,
             grad_scale=grad_loss, counts=counts if ctx.average else None,
+            before_launch=None if ctx.check is None else lambda: ctx.check(ctx.flags),
         )  # fmt: skip
-        return grad, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None

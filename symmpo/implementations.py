@@ -54,11 +54,13 @@ def fused_symmpo(
     config: SymMPOConfig,
     inplace_grad: bool,
     check_ref: bool = True,
+    check_in_backward=None,
 ):
     """The Triton path: a symmpo_kernels.TermsResult whose ``mean_loss`` is differentiable.
     Its ``flags`` are unread: the caller checks them (one sync). On input they mark invalid
     (bad labels; empty sequences unless config.allow_empty; non-finite ref_logps when
-    ``check_ref``) every output is NaN."""
+    ``check_ref``) every output is NaN. ``check_in_backward(flags)``, when given, runs in
+    the backward right before its kernel's launch."""
     kernels = _kernels()
     outputs = kernels.FusedSymMPOLoss.apply(
         logits,
@@ -70,6 +72,7 @@ def fused_symmpo(
         inplace_grad,
         config.allow_empty,
         check_ref,
+        check_in_backward,
     )
     return kernels.TermsResult(*outputs)
 

@@ -9,7 +9,6 @@ from .config import SymMPOConfig, resolve_config
 from .implementations import fused_symmpo, resolve_impl, score_reference, score_sequences
 from .output import PreferenceOutput, SymMPOOutput, build_symmpo_output, output_from_terms
 from .validation import (
-    CheckedBeforeBackward,
     check_labels,
     check_logps,
     check_same_device,
@@ -115,10 +114,10 @@ def symmpo_loss(
 
     # Triton: the kernels check the values as they read them (labels outside the vocabulary
     # are skipped and counted) and make every output NaN when the input is invalid. Reading
-    # their flags is a host sync: without gradients it happens here; with gradients it waits
-    # for the backward (which raises before writing any gradient), so that the backward's
-    # launches queue behind the forward's instead of starting from an idle GPU.
-    result = fused_symmpo(logits, labels, ref_logps, config, inplace_grad, ref_logits is None)
+    # their flags is a host sync: without gradients it happens here; with gradients the
+    # backward does it right before launching its kernel (and raises there, before writing
+    # any gradient), so that the GPU does not idle from the end of the forward until the
+    # backward's first launch.
     checked_ref = None if given_ref_logps is None else given_ref_logps.float()  # as read
 
     def raise_if_invalid(flags: torch.Tensor) -> None:
@@ -128,11 +127,12 @@ def symmpo_loss(
                 labels, vocab, config.ignore_index, config.allow_empty, ref_logps=checked_ref
             )
 
-    if result.mean_loss.requires_grad:
-        result = result._replace(
-            mean_loss=CheckedBeforeBackward.apply(result.mean_loss, result.flags, raise_if_invalid)
-        )
-    else:
+    deferred = torch.is_grad_enabled() and logits.requires_grad
+    result = fused_symmpo(
+        logits, labels, ref_logps, config, inplace_grad, check_ref=ref_logits is None,
+        check_in_backward=raise_if_invalid if deferred else None,
+    )  # fmt: skip
+    if not deferred:
         raise_if_invalid(result.flags)
     return output_from_terms(result, ref_logps.float())
 

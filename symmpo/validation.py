@@ -187,20 +187,3 @@ def _describe_row(row: int, rows: int, kind_major: bool) -> str:
         return f"row {row}"
     batch = rows // NUM_KINDS
     return f"row {row} ({KIND_NAMES[row // batch]} of example {row % batch})"
-
-
-class CheckedBeforeBackward(torch.autograd.Function):
-    """``loss`` unchanged (a new scalar); its backward first runs ``check(flags)``, which
-    raises on invalid input, before any gradient flows on. For kernels that validate on the
-    device: the host reads their flags (one sync) at the start of the backward instead of at
-    the end of the forward, when the GPU would idle until the backward's first launch."""
-
-    @staticmethod
-    def forward(ctx, loss, flags, check):
-        ctx.flags, ctx.check = flags, check
-        return loss.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.check(ctx.flags)
-        return grad, None, None

@@ -100,8 +100,8 @@ def _symmpo_terms_kernel(
     log-probs (flags[0] is the log-prob kernel's count of bad labels).
 
     POISON: when the flags mark the input invalid (bad labels; empty sequences unless
-    ALLOW_EMPTY; non-finite reference log-probs when CHECK_REF), every output but grad is
-    overwritten with NaN, so that a caller who defers reading the flags (no host sync) can
+    ALLOW_EMPTY; non-finite reference log-probs when CHECK_REF), every output is overwritten
+    with NaN, so that a caller who defers reading the flags (no host sync) can
     never see a plausible number computed from bad input.
     """
     cols = tl.arange(0, BLOCK_B)
@@ -219,20 +219,23 @@ def _symmpo_terms_kernel(
         if CHECK_REF:
             invalid = invalid | (n_bad_ref > 0)
         if invalid:
-            _store_nan(policy_ptr, loss_ptr, terms_ptr, z_ptr, rewards_ptr, summary_ptr,
-                       mean_loss_ptr, batch, BLOCK_B)  # fmt: skip
+            # The NaN below overwrite elements other threads stored: order the two writes.
+            tl.debug_barrier()
+            _store_nan(policy_ptr, loss_ptr, terms_ptr, z_ptr, grad_ptr, rewards_ptr,
+                       summary_ptr, mean_loss_ptr, batch, BLOCK_B)  # fmt: skip
 
 
 @triton.jit
-def _store_nan(policy_ptr, loss_ptr, terms_ptr, z_ptr, rewards_ptr, summary_ptr, mean_loss_ptr,
-               batch, BLOCK_B: tl.constexpr):  # fmt: skip
-    """NaN into every output of the terms kernel but grad: policy and rewards (5, B), loss
-    (B,), terms (4, B), z (3, B), summary (16,), mean_loss (())."""
+def _store_nan(policy_ptr, loss_ptr, terms_ptr, z_ptr, grad_ptr, rewards_ptr, summary_ptr,
+               mean_loss_ptr, batch, BLOCK_B: tl.constexpr):  # fmt: skip
+    """NaN into every output of the terms kernel: policy, grad and rewards (5, B), loss (B,),
+    terms (4, B), z (3, B), summary (16,: BLOCK_B is at least 16), mean_loss (())."""
     cols = tl.arange(0, BLOCK_B)
     nan = tl.full([BLOCK_B], float("nan"), tl.float32)
     for start in range(0, 5 * batch, BLOCK_B):
         offs = start + cols
         tl.store(policy_ptr + offs, nan, mask=offs < 5 * batch)
+        tl.store(grad_ptr + offs, nan, mask=offs < 5 * batch)
         tl.store(rewards_ptr + offs, nan, mask=offs < 5 * batch)
         tl.store(loss_ptr + offs, nan, mask=offs < batch)
         tl.store(terms_ptr + offs, nan, mask=offs < 4 * batch)
@@ -285,8 +288,8 @@ def terms_and_summary(
     ``average`` divides the sums by max(count, 1); grad is ``grad_scale`` * dL_i/ds_k, by
     default 1/B (the gradient of the batch mean). ``flags``: an int32 (3,) tensor whose
     elements 1 and 2 the kernel writes (element 0 belongs to the log-prob kernel).
-    ``poison`` = (allow_empty, check_ref): NaN in every output but grad when the flags mark
-    the input invalid under those rules (the kernel's POISON); None: no poisoning.
+    ``poison`` = (allow_empty, check_ref): NaN in every output when the flags mark the input
+    invalid under those rules (the kernel's POISON); None: no poisoning.
     """
     check_launchable(sums)
     if average and counts is None:
@@ -335,7 +338,7 @@ class FusedSymMPOLoss(torch.autograd.Function):
     Outputs: the TermsResult fields, of which only ``mean_loss`` is differentiable. Labels
     outside the vocabulary are skipped by the kernels (never read through) and counted in
     ``flags``; when the flags mark the input invalid (``allow_empty``, ``check_ref``: see
-    terms_and_summary's ``poison``) every output but the internal dL/ds is NaN. The caller
+    terms_and_summary's ``poison``) every output and the internal dL/ds are NaN. The caller
     reads ``flags`` (one sync) to raise a clear error: after the forward, or through
     ``check(flags)``, which the backward calls right before its kernel's launch (so that the
     gradient is never written for invalid input, inplace_grad's logits stay intact, and the
@@ -347,7 +350,7 @@ class FusedSymMPOLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, ref_logps, weights, average, ignore_index, inplace_grad,
-                allow_empty=True, check_ref=True, check=None):  # fmt: skip
+                allow_empty=False, check_ref=True, check=None):  # fmt: skip
         ctx.set_materialize_grads(False)
         flags = torch.zeros(len(FLAG_NAMES), dtype=torch.int32, device=logits.device)
         sums, counts, lse = logprobs_forward(logits, labels, ignore_index, bad_labels=flags)
@@ -367,11 +370,16 @@ class FusedSymMPOLoss(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grads):
         grad_loss = grads[TermsResult._fields.index("mean_loss")]
-        guard_inplace_backward(ctx)
         logits, labels, lse, counts, grad_logps = ctx.saved_tensors
+
+        def before_launch():
+            if ctx.check is not None:  # may raise: then the logits are not consumed
+                ctx.check(ctx.flags)
+            guard_inplace_backward(ctx)
+
         grad = logprobs_backward(
             logits, labels, lse, grad_logps.view(-1), ctx.ignore_index, ctx.inplace_grad,
             grad_scale=grad_loss, counts=counts if ctx.average else None,
-            before_launch=None if ctx.check is None else lambda: ctx.check(ctx.flags),
+            before_launch=before_launch,
         )  # fmt: skip
         return grad, None, None, None, None, None, None, None, None, None

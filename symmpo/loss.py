@@ -119,17 +119,18 @@ def symmpo_loss(
     # any gradient), so that the GPU does not idle from the end of the forward until the
     # backward's first launch.
     checked_ref = None if given_ref_logps is None else given_ref_logps.float()  # as read
+    check_ref = ref_logits is None  # a bool: the closure below must not hold ref_logits
 
     def raise_if_invalid(flags: torch.Tensor) -> None:
         bad_labels, empty, bad_ref = flags.tolist()
-        if bad_labels or (empty and not config.allow_empty) or (bad_ref and ref_logits is None):
+        if bad_labels or (empty and not config.allow_empty) or (bad_ref and check_ref):
             raise_invalid_values(
                 labels, vocab, config.ignore_index, config.allow_empty, ref_logps=checked_ref
             )
 
     deferred = torch.is_grad_enabled() and logits.requires_grad
     result = fused_symmpo(
-        logits, labels, ref_logps, config, inplace_grad, check_ref=ref_logits is None,
+        logits, labels, ref_logps, config, inplace_grad, check_ref=check_ref,
         check_in_backward=raise_if_invalid if deferred else None,
     )  # fmt: skip
     if not deferred:

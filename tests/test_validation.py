@@ -155,9 +155,10 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("inplace_grad", [False, True])
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_triton_with_gradients_raises_in_backward(batch, case, inplace_grad):
-    """With gradients on, the Triton path reads its validation flags at the start of the
-    backward (no host sync in the forward): every output is NaN, and backward raises the same
-    error before any gradient is written (the logits stay intact under inplace_grad)."""
+    """With gradients on, the Triton path reads its validation flags in the backward, right
+    before its kernel's launch (no host sync in the forward): every output is NaN, and
+    backward raises the same error before writing the logits' gradient (the logits stay intact
+    under inplace_grad, and a second backward says the same)."""
     logits, labels, ref = batch
     spoil, message = BAD_INPUTS[case]
     spoil(labels, ref)
@@ -167,9 +168,33 @@ def test_triton_with_gradients_raises_in_backward(batch, case, inplace_grad):
                  "margin", "anchor", "reward_margin_dpo"):  # fmt: skip
         assert torch.isnan(getattr(out, name)).all(), name
     with pytest.raises(ValueError, match=message):
-        out.loss.backward()
+        out.loss.backward(retain_graph=True)
     assert x.grad is None
     assert torch.equal(x.detach(), logits)
+    with pytest.raises(ValueError, match=message):  # again: the same error, logits intact
+        out.loss.backward()
+    assert torch.equal(x.detach(), logits)
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_triton_with_gradients_and_ref_logits(batch, average):
+    """Scored reference logits: a bad label still raises in backward (averaged or not), and
+    the reference logits are not kept alive for that check."""
+    import gc
+    import weakref
+
+    logits, labels, _ = batch
+    labels[2, 3] = 11
+    ref_logits = logits + 0.5
+    alive = weakref.ref(ref_logits)
+    x = logits.clone().requires_grad_(True)
+    out = symmpo_loss(x, labels, ref_logits=ref_logits, impl="triton", average_log_prob=average)
+    del ref_logits
+    gc.collect()
+    assert alive() is None
+    assert torch.isnan(out.loss)
+    with pytest.raises(ValueError, match=r"labels\[2, 3\] = 11"):
+        out.loss.backward()
 
 
 def test_triton_with_gradients_allows_what_the_config_allows(batch):

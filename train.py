@@ -54,6 +54,19 @@ from symmpo.train.shared_varlen import choose_shared_attention, use_varlen_atten
 # ---------------------------------------------------------------------------------------------
 
 
+def saved_shared_attention(out_dir: pathlib.Path) -> str | None:
+    """The --shared_attention route of the latest checkpoint in out_dir (runs saved before the
+    choice existed used the mask route), or None without a checkpoint or a shared forward."""
+    checkpoints = list_checkpoints(out_dir)
+    if not checkpoints:
+        return None
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    saved = state.get("args", {})
+    if saved.get("forward") != "shared":
+        return None
+    return saved.get("shared_attention", "mask")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--output_dir", default="out/symmpo-tiny")
@@ -223,9 +236,17 @@ def main(argv=None) -> dict:
         apply_liger(model, device)
     if args.forward == "shared":  # stored resolved: the reference cache key and evaluate.py
         compute_dtype = torch.bfloat16 if use_bf16 else next(model.parameters()).dtype
+        saved = saved_shared_attention(out_dir) if args.resume else None
+        if args.shared_attention == "auto" and saved is not None:
+            args.shared_attention = saved  # a resumed run keeps its route (and its cache)
         args.shared_attention = choose_shared_attention(
             args.shared_attention, model, device, compute_dtype
         )
+        if saved is not None and args.shared_attention != saved:
+            raise ValueError(
+                f"--shared_attention {args.shared_attention}: the run in {out_dir} trained with "
+                f"the {saved} route; resume it with --shared_attention {saved} (or auto)"
+            )
         log(f"--forward shared attends with the {args.shared_attention} route")
         if args.shared_attention == "varlen":
             use_varlen_attention(model)

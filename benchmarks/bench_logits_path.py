@@ -7,10 +7,10 @@ Shapes: B = 4 examples (20 sequences), V = 32064, every position after the first
 N = 20 (T - 1). Modes: forward (loss with the graph kept), backward (given the forward),
 full (forward + backward), reference (scoring reference logits, no gradient), and for the
 Triton path full_unchecked: full without reading the kernels' validation flags, the one host
-sync of symmpo_loss (after the forward kernels: the backward's launch waits for it), to measure
-what that sync costs a step. Bytes counted for GB/s (2-byte logits): forward N V 2, backward
-2 N V 2 (read once, write the gradient once), full 3 N V 2, reference N V 2: the floor of
-../shared/SPEC.md. Peak memory is what a call
+sync of symmpo_loss (with gradients, in the backward right before its kernel's launch; the
+forward's end before session 4), to measure what that sync costs a step. Bytes counted for
+GB/s (2-byte logits): forward N V 2, backward 2 N V 2 (read once, write the gradient once),
+full 3 N V 2, reference N V 2: the floor of ../shared/SPEC.md. Peak memory is what a call
 allocates beyond its inputs (the logits gradient included in backward/full).
 """
 

@@ -76,6 +76,11 @@ def symmpo_loss(
     The Triton path reads the logits once forward and once backward, keeps 4 bytes (the
     float32 logsumexp) per position, and writes the gradient once.
 
+    Invalid values (a label outside the vocabulary, a sequence without a target unless
+    allow_empty, non-finite ref_logps) raise ValueError at the call, except on the Triton path
+    with gradients: there the forward does not sync to read its kernels' checks, every value
+    of the output is NaN, and backward raises the error before writing the logits' gradient.
+
     Returns a SymMPOOutput whose ``loss`` is the differentiable batch mean.
     """
     config = resolve_config(config, overrides)

@@ -1,5 +1,7 @@
 """Input checks shared by every entry point: each error names the argument, what it got and
-what it expects, and is raised before any computation."""
+what it expects. Shapes, types and devices are checked before any computation; values are
+checked here too, except on symmpo_loss's Triton path, whose kernels count bad values as they
+read them (``raise_invalid_values`` then finds and names them)."""
 
 from __future__ import annotations
 

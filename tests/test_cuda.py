@@ -56,12 +56,18 @@ def test_bf16_errors_within_torch():
 
 
 def test_bad_labels_with_gradients_raise_in_backward():
-    """The compiled kernels poison every output on a bad label and backward raises before
-    writing the gradient into the logits (inplace_grad); without gradients the call raises."""
+    """The compiled kernels poison every output on a bad label, the forward makes no host sync,
+    and backward raises before writing the gradient into the logits (inplace_grad); without
+    gradients the call raises."""
     logits, labels, ref = llava_batch(1, 700, torch.bfloat16)
     labels[3, 650] = V
     x = logits.clone().requires_grad_(True)
-    out = symmpo_loss(x, labels, ref, inplace_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # the forward must not wait for the GPU
+    try:
+        out = symmpo_loss(x, labels, ref, inplace_grad=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     assert torch.isnan(out.loss) and torch.isnan(out.policy_logps).all()
     with pytest.raises(ValueError, match=rf"labels\[3, 650\] = {V} is outside"):
         out.loss.backward()

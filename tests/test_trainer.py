@@ -357,3 +357,23 @@ def test_released_logps_are_sums_so_averaging_recomputes_the_reference(tmp_path)
                 "--output_dir", str(tmp_path / "o"), "--max_steps", "1",
                 "--average_log_prob"])  # fmt: skip
     assert (tmp_path / "o" / "ref_cache").exists()  # per-token means were computed, not reused
+
+
+def test_resume_keeps_the_saved_shared_attention_route(tmp_path, monkeypatch):
+    """--shared_attention auto on resume takes the route the run trained with (a machine where
+    auto would choose otherwise must not switch it, nor recompute the reference cache); an
+    explicit other route is refused."""
+    from symmpo.train import shared_varlen
+
+    train = load_train_script()
+    out = tmp_path / "run"
+    args = [*SMALL, "--output_dir", str(out), "--forward", "shared", "--save_steps", "1"]
+    train.main([*args, "--max_steps", "1", "--shared_attention", "mask"])
+    monkeypatch.setattr(shared_varlen, "flash_supported", lambda q: True)  # auto would say varlen
+    resumed = train.main([*args, "--max_steps", "2", "--resume"])
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["args"]["shared_attention"] == "mask"
+    assert len(list((out / "ref_cache").glob("*"))) == 1  # one reference pass, one cache file
+    assert [r["step"] for r in resumed["history"]] == [2]
+    with pytest.raises(ValueError, match=r"trained with the mask route; resume it with"):
+        train.main([*args, "--max_steps", "3", "--resume", "--shared_attention", "varlen"])

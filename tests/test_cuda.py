@@ -248,20 +248,12 @@ def test_shared_prefix_attention_with_flash_matches_gathered_sdpa(kv_heads):
     the merged out and lse) in bf16 against sdpa on gathered keys in float32: LLaVA-like
     prefixes (P = 620) with three and two responses."""
     _flash_or_skip()
-    from varlen_oracle import shared_attention_oracle
+    from varlen_oracle import packed_segments, shared_attention_oracle
 
     from symmpo.train.shared_varlen import SharedPrefixAttention, build_varlen_layout
 
     prefixes, responses = [620, 620, 600], [[150, 140, 9], [1, 160], [33, 70, 150]]
-    width = max(p + sum(r) for p, r in zip(prefixes, responses, strict=True))
-    segments = torch.full((3, width), -1)
-    for row, (p, lengths) in enumerate(zip(prefixes, responses, strict=True)):
-        segments[row, :p] = 0
-        start = p
-        for index, n in enumerate(lengths, start=1):
-            segments[row, start : start + n] = index
-            start += n
-    layout, _ = build_varlen_layout(segments)
+    layout, _ = build_varlen_layout(packed_segments(prefixes, responses))
     n = sum(prefixes) + sum(map(sum, responses))
     gen = torch.Generator(device="cuda").manual_seed(1)
     q = torch.randn(n, 8, 128, device="cuda", generator=gen)  # LLaVA-1.5's head size

@@ -3,7 +3,7 @@ explicitly gathered keys: outputs and gradients, its layout, and what it keeps f
 
 import pytest
 import torch
-from varlen_oracle import sdpa_varlen, shared_attention_oracle
+from varlen_oracle import packed_segments, sdpa_varlen, shared_attention_oracle
 
 from symmpo.train import shared_varlen, varlen_kernels
 from symmpo.train.shared_varlen import SharedPrefixAttention, build_varlen_layout
@@ -60,26 +60,13 @@ def test_reference_kernels_match_sdpa(causal, heads, kv_heads):
         torch.testing.assert_close(g, leaf.grad)
 
 
-def stream_lengths(prefix_lengths, response_lengths):
-    """Packed segments (rows, L) for rows of a prefix then responses."""
-    width = max(p + sum(r) for p, r in zip(prefix_lengths, response_lengths, strict=True)) + 2
-    segments = torch.full((len(prefix_lengths), width), -1)
-    for row, (p, responses) in enumerate(zip(prefix_lengths, response_lengths, strict=True)):
-        segments[row, :p] = 0
-        start = p
-        for k, n in enumerate(responses, start=1):
-            segments[row, start : start + n] = k
-            start += n
-    return segments
-
-
 # Rows of different prefix lengths, three and two responses, a one-token response.
 PREFIXES, RESPONSES = [5, 3, 4, 4], [[2, 3, 1], [4, 2], [3, 3, 2], [1, 2]]
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2)])
 def test_shared_prefix_attention_matches_gathered_sdpa(heads, kv_heads):
-    layout, _ = build_varlen_layout(stream_lengths(PREFIXES, RESPONSES))
+    layout, _ = build_varlen_layout(packed_segments(PREFIXES, RESPONSES))
     n = sum(PREFIXES) + sum(map(sum, RESPONSES))
     q, k, v = random_qkv(n, heads, kv_heads, seed=3)
     ours = [t.clone().requires_grad_(True) for t in (q, k, v)]
@@ -119,7 +106,7 @@ def test_layout_refuses_a_row_without_prefix():
 def test_keeps_for_backward_only_q_k_v_out_and_lse():
     """No gathered keys, no per-response copies: what the attention holds until its backward
     is the bytes of q, k, v, out and lse (H x N float32)."""
-    layout, _ = build_varlen_layout(stream_lengths(PREFIXES, RESPONSES))
+    layout, _ = build_varlen_layout(packed_segments(PREFIXES, RESPONSES))
     n = sum(PREFIXES) + sum(map(sum, RESPONSES))
     q, k, v = (t.float().requires_grad_(True) for t in random_qkv(n, 4, 2, dim=16))
     storages = {}
@@ -146,7 +133,7 @@ def test_flash_kernels_get_the_autocast_dtype(monkeypatch):
 
     recording = AttentionKernels("recording", recording_forward, REFERENCE.backward)
     monkeypatch.setattr(shared_varlen, "kernels_for", lambda q: recording)
-    layout, _ = build_varlen_layout(stream_lengths([2, 2], [[1, 2], [2]]))
+    layout, _ = build_varlen_layout(packed_segments([2, 2], [[1, 2], [2]]))
     q, k, v = random_qkv(9, 2, 2, dtype=torch.float32)
     query, key, value = (t.transpose(0, 1)[None] for t in (q, k, v.bfloat16()))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -166,10 +153,11 @@ def test_flash_is_chosen_only_where_it_runs():
 
 
 def test_lse_layout_is_checked():
-    lse = torch.zeros(7, 3)  # (T, H): transposed to (H, T)
-    assert varlen_kernels._heads_first(lse, 7, 3).shape == (3, 7)
-    with pytest.raises(RuntimeError, match=r"expected \(3, 7\) for 7 queries and 3 heads"):
-        varlen_kernels._heads_first(torch.zeros(2, 7, 3), 7, 3)
+    lse = torch.zeros(3, 7)  # (H, T): as the varlen kernels return it
+    assert varlen_kernels._check_lse_layout(lse, 7, 3) is lse
+    for wrong in (torch.zeros(7, 3), torch.zeros(2, 7, 3)):
+        with pytest.raises(RuntimeError, match=r"expected \(3, 7\) for 7 queries and 3 heads"):
+            varlen_kernels._check_lse_layout(wrong, 7, 3)
 
 
 def test_flash_wrappers_follow_the_aten_schemas(monkeypatch):
@@ -178,7 +166,7 @@ def test_flash_wrappers_follow_the_aten_schemas(monkeypatch):
     through the merged attention's forward and backward. Shapes only: the values (argument
     order included) are checked by tests/test_cuda.py on a GPU."""
     monkeypatch.setattr(shared_varlen, "kernels_for", lambda q: varlen_kernels.FLASH)
-    layout, _ = build_varlen_layout(stream_lengths(PREFIXES, RESPONSES))
+    layout, _ = build_varlen_layout(packed_segments(PREFIXES, RESPONSES))
     n = sum(PREFIXES) + sum(map(sum, RESPONSES))
     q = torch.empty(n, 4, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
     k, v = (torch.empty(n, 2, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
@@ -194,7 +182,7 @@ def test_flash_wrappers_follow_the_aten_schemas(monkeypatch):
 def test_reference_keeps_float32_under_autocast():
     """Autocast must not lower the reference's math: bf16 q, k, v under CPU autocast give the
     same outputs and gradients as without it."""
-    layout, _ = build_varlen_layout(stream_lengths(PREFIXES, RESPONSES))
+    layout, _ = build_varlen_layout(packed_segments(PREFIXES, RESPONSES))
     n = sum(PREFIXES) + sum(map(sum, RESPONSES))
     q, k, v = (t.bfloat16() for t in random_qkv(n, 4, 2, dim=16, seed=5))
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(6)).bfloat16()
@@ -212,11 +200,11 @@ def test_reference_keeps_float32_under_autocast():
 def test_a_row_without_responses():
     """A prefix with no responses (and a stream with none at all) attends causally to itself."""
     prefixes, responses = [3, 4], [[2, 1], []]
-    layout, _ = build_varlen_layout(stream_lengths(prefixes, responses))
+    layout, _ = build_varlen_layout(packed_segments(prefixes, responses))
     q, k, v = (t.requires_grad_(True) for t in random_qkv(10, 2, 2, seed=7))
     out = SharedPrefixAttention.apply(q, k, v, layout, 0.3)
     torch.testing.assert_close(out, shared_attention_oracle(q, k, v, prefixes, responses, 0.3))
-    only_prefixes, _ = build_varlen_layout(stream_lengths([3, 4], [[], []]))
+    only_prefixes, _ = build_varlen_layout(packed_segments([3, 4], [[], []]))
     q7, k7, v7 = (t[:7].detach().requires_grad_(True) for t in (q, k, v))
     out = SharedPrefixAttention.apply(q7, k7, v7, only_prefixes, 0.3)
     out.sum().backward()

@@ -49,3 +49,18 @@ def shared_attention_oracle(q, k, v, prefix_lengths, response_lengths, scale):
     keys = torch.cat(keys)
     response_out = sdpa_varlen(q[n_prefix:], k[keys], v[keys], cu_q, cu_k, scale)
     return torch.cat([prefix_out, response_out])
+
+
+def packed_segments(prefix_lengths, response_lengths):
+    """Packed segments (rows, L) as the collator lays rows out: row r is a prefix of
+    prefix_lengths[r] tokens (segment 0), then its responses (segments 1, 2, ...), then
+    padding (-1, two columns at least)."""
+    width = max(p + sum(r) for p, r in zip(prefix_lengths, response_lengths, strict=True)) + 2
+    segments = torch.full((len(prefix_lengths), width), -1)
+    for row, (p, responses) in enumerate(zip(prefix_lengths, response_lengths, strict=True)):
+        segments[row, :p] = 0
+        start = p
+        for k, n in enumerate(responses, start=1):
+            segments[row, start : start + n] = k
+            start += n
+    return segments

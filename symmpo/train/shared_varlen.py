@@ -154,7 +154,7 @@ class SharedPrefixAttention(torch.autograd.Function):
             )
             if ctx.has_responses:
                 context_dq, context_dk, context_dv = kernels.backward(
-                    dout[n:], q[n:], k[:n], v[:n], out[n:], lse[:, n:].contiguous(),
+                    dout[n:], q[n:], k[:n], v[:n], out[n:], lse[:, n:],
                     layout.prefix_context, False, scale, context_state,
                 )  # fmt: skip
                 dq[n:] += context_dq

@@ -103,23 +103,21 @@ def flash_supported(q: torch.Tensor) -> bool:
     return torch.backends.cuda.is_flash_attention_available()
 
 
-def _heads_first(lse: torch.Tensor, n_queries: int, n_heads: int) -> torch.Tensor:
-    """The varlen kernels return lse as (H, T_q); accept (T_q, H) too, refuse anything else."""
-    if lse.shape == (n_heads, n_queries):
-        return lse
-    if lse.shape == (n_queries, n_heads):
-        return lse.t().contiguous()
-    raise RuntimeError(
-        f"flash-attention returned a log-sum-exp of shape {tuple(lse.shape)}; expected "
-        f"({n_heads}, {n_queries}) for {n_queries} queries and {n_heads} heads"
-    )
+def _check_lse_layout(lse: torch.Tensor, n_queries: int, n_heads: int) -> torch.Tensor:
+    """The varlen kernels return lse as (H, T_q); refuse anything else (ROCm's backend, say)."""
+    if lse.shape != (n_heads, n_queries):
+        raise RuntimeError(
+            f"flash-attention returned a log-sum-exp of shape {tuple(lse.shape)}; expected "
+            f"({n_heads}, {n_queries}) for {n_queries} queries and {n_heads} heads"
+        )
+    return lse
 
 
 def flash_forward(q, k, v, seqs: VarlenSequences, causal: bool, scale: float):
     out, lse, rng_state, unused, _ = torch.ops.aten._flash_attention_forward(
         q, k, v, seqs.cu_q, seqs.cu_k, seqs.max_q, seqs.max_k, 0.0, causal, False, scale=scale
     )
-    return out, _heads_first(lse, q.shape[0], q.shape[1]), (rng_state, unused)
+    return out, _check_lse_layout(lse, q.shape[0], q.shape[1]), (rng_state, unused)
 
 
 def flash_backward(dout, q, k, v, out, lse, seqs: VarlenSequences, causal, scale, state):

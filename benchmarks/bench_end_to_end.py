@@ -1,10 +1,12 @@
-"""One SymMPO training step of a LLaVA-1.5-7B-shaped model, three ways.
+"""One SymMPO training step of a LLaVA-1.5-7B-shaped model: the released code's way and ours.
 
-    pytest -s benchmarks/bench_end_to_end.py          # CUDA: 7B shapes, random weights, bf16
-    SYMMPO_BENCH_TINY=1 pytest -s benchmarks/bench_end_to_end.py     # a tiny CPU shape
+    python -m pytest benchmarks/bench_end_to_end.py       # CUDA: 7B shapes, random weights, bf16
+    SYMMPO_BENCH_TINY=1 python -m pytest benchmarks/bench_end_to_end.py    # a tiny shape
 
-The step is timed here (synchronised, median of a few steps), not by pytest-benchmark: -s shows
-a line per case, the rows go to the results CSV.
+(`python benchmarks/bench_end_to_end.py [pytest options]` runs the same.) Without CUDA the
+tiny shape runs whatever SYMMPO_BENCH_TINY says, and its rows go to the untracked smoke.csv.
+The step is timed here (synchronised, median of a few steps), not by pytest-benchmark; the
+results table is printed at the end of the run, the rows go to the results CSV.
 
 Model: LLaVA-1.5-7B's configuration (CLIP ViT-L/14 at 336 px, 576 image tokens; Llama 7B,
 vocabulary 32064) built from the config with random weights (nothing downloaded), LoRA r = 128
@@ -36,6 +38,7 @@ from __future__ import annotations
 import os
 import random
 import statistics
+import sys
 import time
 
 import pytest
@@ -86,19 +89,21 @@ def llava_config(vocab: int):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     if TINY:
-        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
-        text = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4)  # fmt: skip
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+        vision.update(num_attention_heads=2, image_size=28, patch_size=14)
+        text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+        text.update(num_attention_heads=4)
     else:  # LLaVA-1.5-7B
-        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                  num_attention_heads=16, image_size=336, patch_size=14,
-                                  projection_dim=768)  # fmt: skip
-        text = LlamaConfig(vocab_size=vocab, hidden_size=4096, intermediate_size=11008,
-                           num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                           max_position_embeddings=4096)  # fmt: skip
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
-                       vision_feature_layer=-2)  # fmt: skip
+        vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24)
+        vision.update(num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+        text = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32)
+        text.update(num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
+    return LlavaConfig(
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=LlamaConfig(vocab_size=vocab, **text),
+        image_token_id=IMAGE_TOKEN,
+        vision_feature_layer=-2,
+    )
 
 
 def build_model():
@@ -120,17 +125,25 @@ def build_model():
 def make_records(response_length: int, image_size: int, seed: int = 0):
     rng = random.Random(seed)
     words = lambda n: " ".join(str(rng.randint(10, 31999)) for _ in range(n))  # noqa: E731
+
+    def image():
+        pixels = bytes(rng.getrandbits(8) for _ in range(3 * image_size**2))
+        return Image.frombytes("RGB", (image_size, image_size), pixels)
+
     records = []
     for i in range(BATCH):
-        images = [Image.frombytes("RGB", (image_size, image_size),
-                                  bytes(rng.getrandbits(8) for _ in range(3 * image_size**2)))
-                  for _ in range(2)]  # fmt: skip
+        images = [image(), image()]
         lengths = [max(1, int(response_length * rng.uniform(0.9, 1.1))) for _ in range(3)]
-        records.append(PreferenceRecord(
-            idx=i, question=words(QUESTION_TOKENS), chosen=words(lengths[0]),
-            rejected=words(lengths[1]), contrast=words(lengths[2]),
-            image=images[0], contrast_image=images[1],
-        ))  # fmt: skip
+        record = PreferenceRecord(
+            idx=i,
+            question=words(QUESTION_TOKENS),
+            chosen=words(lengths[0]),
+            rejected=words(lengths[1]),
+            contrast=words(lengths[2]),
+            image=images[0],
+            contrast_image=images[1],
+        )
+        records.append(record)
     return records
 
 
@@ -145,8 +158,8 @@ def image_processor(size: int):
 def released_way_loss(model, ref_model, batch):
     """5B images, full logits, float32 log_softmax, online reference: the released code's step."""
     pixel_values = batch["pixel_values"][batch["image_index"]].to(DEVICE, model.dtype)
-    inputs = dict(input_ids=batch["input_ids"].to(DEVICE), pixel_values=pixel_values,
-                  attention_mask=batch["attention_mask"].to(DEVICE))  # fmt: skip
+    inputs = dict(input_ids=batch["input_ids"].to(DEVICE), pixel_values=pixel_values)
+    inputs["attention_mask"] = batch["attention_mask"].to(DEVICE)
     labels = batch["labels"].to(DEVICE)
     with torch.no_grad():
         ref = reference.sequence_logps(ref_model(**inputs).logits, labels)
@@ -168,8 +181,8 @@ def reference_model():
 
 @pytest.fixture(scope="module")
 def policy():
-    model = add_lora(build_model(), r=128 if not TINY else 4, alpha=256 if not TINY else 8,
-                     dropout=0.0)  # fmt: skip
+    rank = 4 if TINY else 128
+    model = add_lora(build_model(), r=rank, alpha=2 * rank, dropout=0.0)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.train()
 
@@ -206,12 +219,15 @@ def release_reference_model():
         torch.cuda.empty_cache()
 
 
-def run_step(policy, response_length, provider):
+def run_step(policy, response_length, provider) -> list[dict]:
+    """Time the step, write its rows to the results CSV and return them."""
     ref_model = reference_model() if provider == "released_way" else None
     llava_cfg = policy.get_base_model().config
     size = llava_cfg.vision_config.image_size
-    collator = PreferenceCollator(IntTokenizer(), image_processor(size), IMAGE_TOKEN,
-                                  num_image_tokens(llava_cfg), max_length=4096)  # fmt: skip
+    n_image_tokens = num_image_tokens(llava_cfg)
+    collator = PreferenceCollator(
+        IntTokenizer(), image_processor(size), IMAGE_TOKEN, n_image_tokens, max_length=4096
+    )
     batch = collator(make_records(response_length, size))
     ref_logps = -torch.rand(5 * BATCH) * response_length * 10
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
@@ -226,8 +242,9 @@ def run_step(policy, response_length, provider):
                     loss = released_way_loss(policy, ref_model, batch)
                 else:
                     forward = naive_forward if provider == "naive" else shared_forward
-                    loss = compute_loss(policy, batch, ref_logps, "symmpo", SymMPOConfig(),
-                                        forward=forward).loss  # fmt: skip
+                    config = SymMPOConfig()
+                    out = compute_loss(policy, batch, ref_logps, "symmpo", config, forward=forward)
+                    loss = out.loss
             loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -251,13 +268,16 @@ def run_step(policy, response_length, provider):
     tokens = batch["n_tokens"]
     env = environment()
     dtype = "bfloat16" if CUDA else "float32"
-    common = ("end_to_end", provider, "train_step", response_length, 32064,
-              llava_cfg.text_config.hidden_size, dtype)  # fmt: skip
-    rows = [make_row(*common, "ms", ms, env),
-            make_row(*common, "tokens_per_s", tokens / (ms / 1e3), env)]  # fmt: skip
+    hidden = llava_cfg.text_config.hidden_size
+    common = ("end_to_end", provider, "train_step", response_length, 32064, hidden, dtype)
+    rows = [make_row(*common, "ms", ms, env)]
+    rows.append(make_row(*common, "tokens_per_s", tokens / (ms / 1e3), env))
     if peak is not None:
         rows.append(make_row(*common, "peak_mem_mb", peak, env))
         rows.append(make_row(*common, "resident_mem_mb", resident, env))
-    write_rows(rows)
-    print(f"\n{provider:>13} R={response_length:<4} {ms:9.1f} ms  {tokens / (ms / 1e3):9.0f} tok/s"
-          f"  peak {peak if peak is not None else float('nan'):9.0f} MiB")  # fmt: skip
+    write_rows(rows, smoke=TINY)  # the tiny shape is a smoke run, SYMMPO_BENCH_TINY or not
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, *sys.argv[1:]]))

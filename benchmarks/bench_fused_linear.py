@@ -1,12 +1,16 @@
 """SymMPO from hidden states: this library's fused-linear path against the alternatives.
 
-    pytest benchmarks/bench_fused_linear.py                   # CUDA: LLaVA-1.5-7B shapes
-    SYMMPO_BENCH_TINY=1 pytest benchmarks/bench_fused_linear.py
+    python -m pytest benchmarks/bench_fused_linear.py         # CUDA: LLaVA-1.5-7B shapes
+    SYMMPO_BENCH_TINY=1 python -m pytest benchmarks/bench_fused_linear.py    # seconds-long smoke
+
+(`python benchmarks/bench_fused_linear.py [pytest options]` runs the same.) The results table
+is printed at the end of the run; the rows go to the results CSV (results_csv.py).
 
 One forward + backward per provider on identical tensors (fused_linear_cases.py): hidden
 (5B, T, H), lm_head (V, H), the last R positions of each sequence targets. CUDA shapes:
 H = 4096, V = 32064, B = 8, T = 800, R = 200 (P = 8000 targets), bf16. Metrics: median ms,
-TFLOP/s counted as 6 P H V useful FLOPs (for every provider), and peak memory beyond the inputs
+TFLOP/s counted as 6 P H V useful FLOPs (for every provider;
+docs/math.md#hardware-floor), and peak memory beyond the inputs
 and their gradients (MiB). A bf16 matmul of the same M, N, K (torch.mm) gives the rate
 measured in the same run. On the CPU (fp32, torch paths): 10 x 1024 positions, R = 200,
 H = 256, V = 32064, and peak resident memory from a fresh process (cpu_memory.py).
@@ -15,6 +19,7 @@ H = 256, V = 32064, and peak resident memory from a fresh process (cpu_memory.py
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -90,3 +95,7 @@ def test_matmul_rate(benchmark):
     env = environment()
     common = ("fused_linear", "torch_mm", "matmul", n, SHAPE["vocab"], SHAPE["hidden"], DTYPE)
     write_rows([make_row(*common, "ms", ms, env), make_row(*common, "tflops", tflops, env)])
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, *sys.argv[1:]]))

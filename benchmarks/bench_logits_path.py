@@ -1,22 +1,30 @@
 """The logits path: fused Triton vs the eager reference vs torch.compile of it.
 
-    pytest benchmarks/bench_logits_path.py            # CUDA: Triton path, N = 2k..64k
-    SYMMPO_BENCH_TINY=1 pytest benchmarks/bench_logits_path.py   # a seconds-long smoke run
+    python -m pytest benchmarks/bench_logits_path.py               # CUDA: all three, N = 2k..64k
+    SYMMPO_BENCH_TINY=1 python -m pytest benchmarks/bench_logits_path.py     # seconds-long smoke
+
+(`python benchmarks/bench_logits_path.py [pytest options]` runs the same.) The results table
+is printed at the end of the run; the rows go to the results CSV (results_csv.py).
 
 Shapes: B = 4 examples (20 sequences), V = 32064, every position after the first a target, so
 N = 20 (T - 1). Modes: forward (loss with the graph kept), backward (given the forward),
 full (forward + backward), reference (scoring reference logits, no gradient), and for the
 Triton path full_unchecked: full without reading the kernels' validation flags, the one host
-sync of symmpo_loss (with gradients, in the backward right before its kernel's launch; the
-forward's end before session 4), to measure what that sync costs a step. Bytes counted for
-GB/s (2-byte logits): forward N V 2, backward 2 N V 2 (read once, write the gradient once),
-full 3 N V 2, reference N V 2: the floor of ../shared/SPEC.md. Peak memory is what a call
-allocates beyond its inputs (the logits gradient included in backward/full).
+sync of symmpo_loss (with gradients it sits in the backward, right before its kernel's launch),
+to measure what that sync costs a step. Bytes counted for GB/s (2-byte logits): forward N V 2,
+backward 2 N V 2 (read once, write the gradient once), full 3 N V 2, reference N V 2: the
+floor of docs/math.md#hardware-floor. Peak memory is what a call allocates beyond its inputs
+(the logits gradient included in backward/full).
+
+Environment: SYMMPO_BENCH_N (CUDA sizes, e.g. 8000,64000), SYMMPO_BENCH_COMPILE_N (the sizes
+at which torch.compile runs), SYMMPO_BENCH_TINY=1 (one tiny size; with TRITON_INTERPRET=1 the
+Triton path too, under Triton's interpreter).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -70,7 +78,7 @@ def _compiled():
     global _compiled_sequence_logps
     if _compiled_sequence_logps is None:
         # Every (N, grad mode) pair is a recompile: past Dynamo's limit (8) it would silently
-        # run the eager function instead (run 5 timed eager as torch_compile at N = 64000).
+        # run the eager function instead, and the rows would time eager as torch_compile.
         # (recompile_limit / fail_on_recompile_limit_hit from torch 2.7, cache_size_limit /
         # fail_on_cache_limit_hit before.)
         config = torch._dynamo.config
@@ -170,3 +178,7 @@ def test_logits_path(benchmark, n_positions, provider, mode):
         rows.append(make_row(*common, "peak_mem_mb", peak, env))
     write_rows(rows)
     benchmark.extra_info.update({"median_ms": ms, "gbps": gbytes / (ms / 1e3), "peak_mb": peak})
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, *sys.argv[1:]]))

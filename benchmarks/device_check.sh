@@ -50,7 +50,7 @@ for step in $STEPS; do
              --batch_size 4 --eval_generate 2 --logging_steps 1 --output_dir /tmp/liger_run ;;
     memory) run memory timeout 240 python3 benchmarks/memory_breakdown.py --response 150 \
               --providers shared_varlen,shared --liger ;;
-    e2e) run e2e timeout 360 python3 -m pytest -q -s -p no:cacheprovider --benchmark-disable \
+    e2e) run e2e timeout 360 python3 -m pytest -q -p no:cacheprovider --benchmark-disable \
            benchmarks/bench_end_to_end.py ;;
     *) echo "unknown step $step"; status=1 ;;
   esac

@@ -26,6 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 # Steps timed under recording are no benchmark: their rows go to a scratch file.
 os.environ["SYMMPO_RESULTS_CSV"] = "/tmp/symmpo_memory_breakdown.csv"
 import bench_end_to_end as e2e  # noqa: E402
+from summarize import format_table  # noqa: E402
 
 from symmpo.train.model import add_lora, patch_with_liger  # noqa: E402
 from symmpo.train.shared_varlen import use_varlen_attention  # noqa: E402
@@ -66,7 +67,7 @@ def report(provider: str, response_length: int, policy, top: int) -> None:
     if provider == "shared_varlen":
         use_varlen_attention(policy.get_base_model())
     try:
-        e2e.run_step(policy, response_length, provider)
+        rows = e2e.run_step(policy, response_length, provider)
     finally:
         policy.get_base_model().set_attn_implementation({"text_config": "sdpa"})
         snapshot = torch.cuda.memory._snapshot()
@@ -78,8 +79,10 @@ def report(provider: str, response_length: int, policy, top: int) -> None:
         group[0] += block["size"]
         group[1] += 1
     allocated = torch.cuda.max_memory_allocated() / 2**20
-    print(f"\n== {provider} R={response_length}: traced peak {peak / 2**20:.0f} MiB "
-          f"in {len(blocks)} blocks (max_memory_allocated {allocated:.0f} MiB)")  # fmt: skip
+    traced = f"traced peak {peak / 2**20:.0f} MiB in {len(blocks)} blocks"
+    allocated = f"max_memory_allocated {allocated:.0f} MiB"
+    print("\n" + "\n".join(format_table(rows)))
+    print(f"== {provider} R={response_length}: {traced} ({allocated})")
     for key, (size, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
         print(f"{size / 2**20:9.1f} MiB {count:5d}x  {key}")
 
@@ -91,14 +94,14 @@ def main() -> None:
     parser.add_argument("--liger", action="store_true", help="also measure with Liger's patches")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
-    policy = add_lora(e2e.build_model(), r=128 if not e2e.TINY else 4,
-                      alpha=256 if not e2e.TINY else 8, dropout=0.0)  # fmt: skip
+    rank = 4 if e2e.TINY else 128
+    policy = add_lora(e2e.build_model(), r=rank, alpha=2 * rank, dropout=0.0)
     policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
     providers = args.providers.split(",")
     if not torch.cuda.is_available():
         for provider in providers:
-            e2e.run_step(policy, args.response, provider)
+            print("\n".join(format_table(e2e.run_step(policy, args.response, provider))))
         print("no CUDA: steps ran, nothing recorded")
         return
     for provider in providers:

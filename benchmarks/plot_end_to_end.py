@@ -19,12 +19,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from results_csv import DEFAULT_PATH, read_rows  # noqa: E402
 
-LABELS = {
-    "released_way": "(a) released code: 5B images, full logits, online reference",
-    "naive": "(b) --forward naive + symmpo_loss_from_hidden",
-    "shared": "(c) --forward shared",
-    "shared_varlen": "(c') --forward shared --shared_attention varlen",
-    "shared_varlen_liger": "(c') with --liger",
+LABELS = {  # provider (the CSV's name): what a step does
+    "released_way": "released_way: released code's step (5B images, full logits, online ref.)",
+    "naive": "naive: --forward naive + symmpo_loss_from_hidden",
+    "shared": "shared: --forward shared --shared_attention mask",
+    "shared_varlen": "shared_varlen: --forward shared (varlen route, its default on CUDA)",
+    "shared_varlen_liger": "shared_varlen_liger: the same with --liger",
 }
 
 
@@ -44,8 +44,8 @@ def main(argv=None) -> pathlib.Path:
         if r["device"] == device:
             series[(r["provider"], r["metric"])][int(r["n_positions"])] = float(r["value"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, title in ((axes[0], "ms", "step time (ms)"),
-                              (axes[1], "peak_mem_mb", "peak memory (GiB)")):  # fmt: skip
+    panels = ((axes[0], "ms", "step time (ms)"), (axes[1], "peak_mem_mb", "peak memory (GiB)"))
+    for ax, metric, title in panels:
         for provider, label in LABELS.items():
             points = sorted(series.get((provider, metric), {}).items())
             if points:
@@ -54,7 +54,9 @@ def main(argv=None) -> pathlib.Path:
         ax.set_xlabel("response length R (tokens)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    # In the memory panel's empty band between the two groups of lines (CPU rows: no memory).
+    legend_ax = axes[1] if axes[1].get_lines() else axes[0]
+    legend_ax.legend(fontsize=7, loc="center")
     fig.suptitle(
         f"One SymMPO step, LLaVA-1.5-7B shapes, B = 4, LoRA r = 128 ({device})", fontsize=9
     )

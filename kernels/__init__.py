@@ -3,12 +3,12 @@
 Set TRITON_INTERPRET=1 before importing this package to run the kernels on CPU tensors.
 """
 
+from .fused_loss import FusedSymMPOLoss
 from .launch import block_config, check_launchable, interpreter_enabled
 from .logprobs import SequenceLogps, logprobs_backward, logprobs_forward
 from .symmpo_terms import (
     FLAG_NAMES,
     SUMMARY_NAMES,
-    FusedSymMPOLoss,
     TermsResult,
     symmpo_terms_forward,
     terms_and_summary,

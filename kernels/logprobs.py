@@ -19,6 +19,9 @@ through their strides, so the shift logits[:, :-1] costs no copy and non-contigu
 
 The sums are float32 atomics across programs: their addition order, and so the last bits of a
 sum, can vary from run to run (about 1e-7 relative).
+
+The math: docs/math.md#sequence-log-probs and docs/math.md#gradients; the bytes against the
+floor: docs/math.md#hardware-floor.
 """
 
 from __future__ import annotations
@@ -289,8 +292,8 @@ class SequenceLogps(torch.autograd.Function):
     def backward(ctx, grad_out):
         guard_inplace_backward(ctx)
         logits, labels, lse, counts = ctx.saved_tensors
+        counts = counts if ctx.average else None
         grad = logprobs_backward(
-            logits, labels, lse, grad_out, ctx.ignore_index, ctx.inplace_grad,
-            counts=counts if ctx.average else None,
-        )  # fmt: skip
+            logits, labels, lse, grad_out, ctx.ignore_index, ctx.inplace_grad, counts=counts
+        )
         return grad, None, None, None, None

@@ -1,4 +1,5 @@
-"""Triton device functions over one row of logits: its logsumexp, and its softmax gradient.
+"""Triton device functions over one row of logits: its logsumexp, and its softmax gradient
+(docs/math.md#gradients).
 
 Shared by the (N, T, V) log-prob kernels (logprobs.py) and the flat (P, V) token kernels of the
 fused-linear path (token_logprobs.py). Rows are read through ``stride_v`` (1 when contiguous);
@@ -27,15 +28,17 @@ def row_logsumexp(row_ptr, stride_v, vocab, BLOCK_V: tl.constexpr, WIDE: tl.cons
     not rescaled, so neither exp(-inf + inf) nor 0 * inf appears; a row of only -inf gives -inf.
     """
     cols = tl.arange(0, BLOCK_V)
-    x = tl.load(row_ptr + _row_offsets(cols, stride_v, WIDE), mask=cols < vocab,
-                other=float("-inf")).to(tl.float32)  # fmt: skip
+    x = tl.load(
+        row_ptr + _row_offsets(cols, stride_v, WIDE), mask=cols < vocab, other=float("-inf")
+    ).to(tl.float32)
     running_max = tl.max(x, axis=0)
     safe_max = tl.where(running_max == float("-inf"), 0.0, running_max)
     running_sum = tl.sum(tl.exp(x - safe_max), axis=0)
     for start in range(BLOCK_V, vocab, BLOCK_V):
         idx = start + cols
-        x = tl.load(row_ptr + _row_offsets(idx, stride_v, WIDE), mask=idx < vocab,
-                    other=float("-inf")).to(tl.float32)  # fmt: skip
+        x = tl.load(
+            row_ptr + _row_offsets(idx, stride_v, WIDE), mask=idx < vocab, other=float("-inf")
+        ).to(tl.float32)
         new_max = tl.maximum(running_max, tl.max(x, axis=0))
         new_safe = tl.where(new_max == float("-inf"), 0.0, new_max)
         scale = tl.where(running_max == float("-inf"), 0.0, tl.exp(safe_max - new_safe))
@@ -46,9 +49,17 @@ def row_logsumexp(row_ptr, stride_v, vocab, BLOCK_V: tl.constexpr, WIDE: tl.cons
 
 @triton.jit
 def write_row_grad(
-    row_ptr, stride_v, grad_row_ptr, grad_stride_v, vocab, label, g, lse,
-    BLOCK_V: tl.constexpr, WIDE: tl.constexpr,
-):  # fmt: skip
+    row_ptr,
+    stride_v,
+    grad_row_ptr,
+    grad_stride_v,
+    vocab,
+    label,
+    g,
+    lse,
+    BLOCK_V: tl.constexpr,
+    WIDE: tl.constexpr,
+):
     """grad[v] = g * (1[v == label] - exp(logits[v] - lse)) in grad's dtype.
 
     Reads the row once and writes it once; grad may alias the row (each block is read before

@@ -1,7 +1,7 @@
-"""The SymMPO terms and their gradients in one launch, and the fused logits -> loss autograd path.
+"""The SymMPO terms and their gradients in one launch (the autograd path is in fused_loss.py).
 
 From (5, B) policy log-probs s_k and reference log-probs s_k^ref (r_k = s_k - s_k^ref), per
-example (../shared/SPEC.md, "The loss" and "Gradients"):
+example (docs/math.md#the-loss and docs/math.md#gradients):
 
     z_dpo = beta (r0 - r1)   z_p1 = beta (r0 - r2)   z_p2 = beta (r4 - r3)
     mgn = (r0 - r2) - (r4 - r3)   a1 = beta r0 - delta   a2 = beta_c r4 - delta
@@ -20,10 +20,8 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
-from .launch import check_launchable, guard_inplace_backward
-from .logprobs import logprobs_backward, logprobs_forward
+from .launch import check_launchable
 
 NUM_KINDS = 5
 
@@ -36,14 +34,22 @@ def _log_sigmoid(z):
 
 @triton.jit
 def _policy_and_reward(
-    k, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr, policy_ptr,
-    HAS_COUNTS: tl.constexpr, AVERAGE: tl.constexpr, BLOCK_B: tl.constexpr,
-):  # fmt: skip
+    k,
+    offs,
+    mask,
+    batch,
+    sums_ptr,
+    counts_ptr,
+    ref_ptr,
+    policy_ptr,
+    HAS_COUNTS: tl.constexpr,
+    AVERAGE: tl.constexpr,
+):
     """Sequence kind k of the examples at ``offs``: writes its log-prob s_k (the sum divided by
     max(count, 1) when AVERAGE) and returns (r_k = s_k - s_k^ref, 1 where the sequence has no
     target, 1 where its reference is NaN or infinite); masked lanes give zeros."""
     s = tl.load(sums_ptr + k * batch + offs, mask=mask, other=0.0)
-    empty = tl.zeros([BLOCK_B], dtype=tl.int32)
+    empty = tl.zeros_like(offs)  # int32, like the block's offsets
     if HAS_COUNTS:
         count = tl.load(counts_ptr + k * batch + offs, mask=mask, other=1)
         empty = tl.where(count == 0, 1, 0)
@@ -114,16 +120,21 @@ def _symmpo_terms_kernel(
     for start in range(0, batch, BLOCK_B):
         offs = start + cols
         mask = offs < batch
-        r0, e0, b0 = _policy_and_reward(0, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr,
-                                        policy_ptr, HAS_COUNTS, AVERAGE, BLOCK_B)  # fmt: skip
-        r1, e1, b1 = _policy_and_reward(1, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr,
-                                        policy_ptr, HAS_COUNTS, AVERAGE, BLOCK_B)  # fmt: skip
-        r2, e2, b2 = _policy_and_reward(2, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr,
-                                        policy_ptr, HAS_COUNTS, AVERAGE, BLOCK_B)  # fmt: skip
-        r3, e3, b3 = _policy_and_reward(3, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr,
-                                        policy_ptr, HAS_COUNTS, AVERAGE, BLOCK_B)  # fmt: skip
-        r4, e4, b4 = _policy_and_reward(4, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr,
-                                        policy_ptr, HAS_COUNTS, AVERAGE, BLOCK_B)  # fmt: skip
+        r0, e0, b0 = _policy_and_reward(
+            0, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr, policy_ptr, HAS_COUNTS, AVERAGE
+        )
+        r1, e1, b1 = _policy_and_reward(
+            1, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr, policy_ptr, HAS_COUNTS, AVERAGE
+        )
+        r2, e2, b2 = _policy_and_reward(
+            2, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr, policy_ptr, HAS_COUNTS, AVERAGE
+        )
+        r3, e3, b3 = _policy_and_reward(
+            3, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr, policy_ptr, HAS_COUNTS, AVERAGE
+        )
+        r4, e4, b4 = _policy_and_reward(
+            4, offs, mask, batch, sums_ptr, counts_ptr, ref_ptr, policy_ptr, HAS_COUNTS, AVERAGE
+        )
         empty += e0 + e1 + e2 + e3 + e4
         bad_ref += b0 + b1 + b2 + b3 + b4
 
@@ -221,13 +232,33 @@ def _symmpo_terms_kernel(
         if invalid:
             # The NaN below overwrite elements other threads stored: order the two writes.
             tl.debug_barrier()
-            _store_nan(policy_ptr, loss_ptr, terms_ptr, z_ptr, grad_ptr, rewards_ptr,
-                       summary_ptr, mean_loss_ptr, batch, BLOCK_B)  # fmt: skip
+            _store_nan(
+                policy_ptr,
+                loss_ptr,
+                terms_ptr,
+                z_ptr,
+                grad_ptr,
+                rewards_ptr,
+                summary_ptr,
+                mean_loss_ptr,
+                batch,
+                BLOCK_B,
+            )
 
 
 @triton.jit
-def _store_nan(policy_ptr, loss_ptr, terms_ptr, z_ptr, grad_ptr, rewards_ptr, summary_ptr,
-               mean_loss_ptr, batch, BLOCK_B: tl.constexpr):  # fmt: skip
+def _store_nan(
+    policy_ptr,
+    loss_ptr,
+    terms_ptr,
+    z_ptr,
+    grad_ptr,
+    rewards_ptr,
+    summary_ptr,
+    mean_loss_ptr,
+    batch,
+    BLOCK_B: tl.constexpr,
+):
     """NaN into every output of the terms kernel: policy, grad and rewards (5, B), loss (B,),
     terms (4, B), z (3, B), summary (16,: BLOCK_B is at least 16), mean_loss (())."""
     cols = tl.arange(0, BLOCK_B)
@@ -244,13 +275,16 @@ def _store_nan(policy_ptr, loss_ptr, terms_ptr, z_ptr, grad_ptr, rewards_ptr, su
     tl.store(mean_loss_ptr + cols, nan, mask=cols < 1)
 
 
-#: The order of ``TermsResult.summary``.
+#: The three preferences the metrics report (docs/math.md#metrics).
+PREFERENCES = ("dpo", "pair1", "pair2")
+#: The order of ``TermsResult.summary``: the mean loss, the four term means, the accuracy and the
+#: reward margin of each preference, and the mean reward of each sequence kind.
 SUMMARY_NAMES = (
-    "loss", "dpo", "pair", "margin", "anchor",
-    "accuracy_dpo", "accuracy_pair1", "accuracy_pair2",
-    "reward_margin_dpo", "reward_margin_pair1", "reward_margin_pair2",
-    "reward_0", "reward_1", "reward_2", "reward_3", "reward_4",
-)  # fmt: skip
+    ("loss", "dpo", "pair", "margin", "anchor")
+    + tuple(f"accuracy_{name}" for name in PREFERENCES)
+    + tuple(f"reward_margin_{name}" for name in PREFERENCES)
+    + tuple(f"reward_{k}" for k in range(NUM_KINDS))
+)
 #: The order of the int32 validation flags: bad labels, sequences without a target, and
 #: non-finite reference log-probs.
 FLAG_NAMES = ("bad_labels", "empty_sequences", "nonfinite_ref_logps")
@@ -298,20 +332,37 @@ def terms_and_summary(
     ref = ref_logps.detach().to(torch.float32).contiguous()
     batch = sums.shape[1]
     new = lambda *shape: torch.empty(shape, dtype=torch.float32, device=sums.device)  # noqa: E731
+    if flags is None:
+        flags = torch.zeros(3, dtype=torch.int32, device=sums.device)
     result = TermsResult(
-        policy=new(NUM_KINDS, batch), loss=new(batch), terms=new(4, batch), z=new(3, batch),
-        grad=new(NUM_KINDS, batch), rewards=new(NUM_KINDS, batch),
-        summary=new(len(SUMMARY_NAMES)), mean_loss=new(),
-        flags=flags if flags is not None else torch.zeros(3, dtype=torch.int32, device=sums.device),
-    )  # fmt: skip
-    block = min(max(triton.next_power_of_2(batch), 16), 1024)
+        policy=new(NUM_KINDS, batch),
+        loss=new(batch),
+        terms=new(4, batch),
+        z=new(3, batch),
+        grad=new(NUM_KINDS, batch),
+        rewards=new(NUM_KINDS, batch),
+        summary=new(len(SUMMARY_NAMES)),
+        mean_loss=new(),
+        flags=flags,
+    )
+    counts_arg = sums if counts is None else counts.contiguous()  # unread without counts
+    grad_scale = 1.0 / batch if grad_scale is None else float(grad_scale)
     _symmpo_terms_kernel[(1,)](
-        sums, sums if counts is None else counts.contiguous(), ref, *result[:-1], result.flags,
-        batch, *map(float, weights), 1.0 / batch if grad_scale is None else float(grad_scale),
-        HAS_COUNTS=counts is not None, AVERAGE=average, POISON=poison is not None,
-        ALLOW_EMPTY=bool(poison and poison[0]), CHECK_REF=bool(poison and poison[1]),
-        BLOCK_B=block,
-    )  # fmt: skip
+        sums,
+        counts_arg,
+        ref,
+        *result[:-1],
+        result.flags,
+        batch,
+        *map(float, weights),
+        grad_scale,
+        HAS_COUNTS=counts is not None,
+        AVERAGE=average,
+        POISON=poison is not None,
+        ALLOW_EMPTY=bool(poison and poison[0]),
+        CHECK_REF=bool(poison and poison[1]),
+        BLOCK_B=min(max(triton.next_power_of_2(batch), 16), 1024),
+    )
     return result
 
 
@@ -325,61 +376,3 @@ def symmpo_terms_forward(
     ``terms_and_summary`` without counts, for callers that need only these."""
     result = terms_and_summary(policy_logps, ref_logps, weights, grad_scale=grad_scale)
     return result.loss, result.terms, result.z, result.grad
-
-
-class FusedSymMPOLoss(torch.autograd.Function):
-    """Kind-major (5B, T, V) logits -> the SymMPO batch-mean loss, with no autograd graph inside.
-
-    Forward, two kernels after three memsets (flags, sums, counts): the log-prob kernel (saving
-    4 bytes of LSE per position and counting bad labels), then the terms kernel (per-example
-    outputs, dL/ds, batch means, validation flags). Backward, one launch: the log-prob backward
-    kernel with g = dL/ds * grad_output (/ count when averaged) folded in, writing dL/dlogits
-    once.
-    Outputs: the TermsResult fields, of which only ``mean_loss`` is differentiable. Labels
-    outside the vocabulary are skipped by the kernels (never read through) and counted in
-    ``flags``; when the flags mark the input invalid (``allow_empty``, ``check_ref``: see
-    terms_and_summary's ``poison``) every output and the internal dL/ds are NaN. The caller
-    reads ``flags`` (one sync) to raise a clear error: after the forward, or through
-    ``check(flags)``, which the backward calls right before its kernel's launch (so that the
-    gradient is never written for invalid input, inplace_grad's logits stay intact, and the
-    GPU idles only for one launch's latency).
-
-    With ``inplace_grad`` the gradient overwrites the logits buffer: the logits are gone after
-    backward, so nothing else may read them later (another loss, a second backward, logging).
-    """
-
-    @staticmethod
-    def forward(ctx, logits, labels, ref_logps, weights, average, ignore_index, inplace_grad,
-                allow_empty=False, check_ref=True, check=None):  # fmt: skip
-        ctx.set_materialize_grads(False)
-        flags = torch.zeros(len(FLAG_NAMES), dtype=torch.int32, device=logits.device)
-        sums, counts, lse = logprobs_forward(logits, labels, ignore_index, bad_labels=flags)
-        batch = logits.shape[0] // NUM_KINDS
-        result = terms_and_summary(
-            sums.view(NUM_KINDS, batch), ref_logps.view(NUM_KINDS, batch), weights,
-            counts=counts.view(NUM_KINDS, batch), average=average, flags=flags,
-            poison=(allow_empty, check_ref),
-        )  # fmt: skip
-        ctx.save_for_backward(logits, labels, lse, counts, result.grad)
-        ctx.average, ctx.ignore_index, ctx.inplace_grad = average, ignore_index, inplace_grad
-        ctx.check, ctx.flags = check, flags
-        ctx.mark_non_differentiable(*result[:-2], result.flags)
-        return result
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grads):
-        grad_loss = grads[TermsResult._fields.index("mean_loss")]
-        logits, labels, lse, counts, grad_logps = ctx.saved_tensors
-
-        def before_launch():
-            if ctx.check is not None:  # may raise: then the logits are not consumed
-                ctx.check(ctx.flags)
-            guard_inplace_backward(ctx)
-
-        grad = logprobs_backward(
-            logits, labels, lse, grad_logps.view(-1), ctx.ignore_index, ctx.inplace_grad,
-            grad_scale=grad_loss, counts=counts if ctx.average else None,
-            before_launch=before_launch,
-        )  # fmt: skip
-        return grad, None, None, None, None, None, None, None, None, None

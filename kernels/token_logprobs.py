@@ -11,6 +11,8 @@ Backward, from a per-row weight g[p] (dL/ds of its sequence, / its count when av
 
 written in the logits' dtype, by default over the logits chunk itself. Bytes: the forward reads
 P V e and writes 4 P; the backward reads P V e and writes P V e (e = element size).
+
+The math: docs/math.md#sequence-log-probs and docs/math.md#gradients.
 """
 
 from __future__ import annotations
@@ -89,9 +91,17 @@ def token_logprobs_forward(
         return lse
     block, warps = block_config(vocab, logits.device)
     _token_logprobs_fwd_kernel[(positions,)](
-        logits, targets, segments, lse, sums, *logits.stride(), vocab,
-        BLOCK_V=block, WIDE=wide_rows(logits, vocab), num_warps=warps,
-    )  # fmt: skip
+        logits,
+        targets,
+        segments,
+        lse,
+        sums,
+        *logits.stride(),
+        vocab,
+        BLOCK_V=block,
+        WIDE=wide_rows(logits, vocab),
+        num_warps=warps,
+    )
     return lse
 
 
@@ -110,10 +120,18 @@ def token_logprobs_backward(
         return grad
     block, warps = block_config(vocab, logits.device, kernel="backward")
     _token_logprobs_bwd_kernel[(positions,)](
-        logits, targets, lse, weights.to(torch.float32).contiguous(), grad,
-        *logits.stride(), *grad.stride(), vocab,
-        BLOCK_V=block, WIDE=wide_rows(logits, grad, vocab), num_warps=warps,
-    )  # fmt: skip
+        logits,
+        targets,
+        lse,
+        weights.to(torch.float32).contiguous(),
+        grad,
+        *logits.stride(),
+        *grad.stride(),
+        vocab,
+        BLOCK_V=block,
+        WIDE=wide_rows(logits, grad, vocab),
+        num_warps=warps,
+    )
     return grad
 
 

@@ -1,4 +1,7 @@
-"""Options of the SymMPO objective: one frozen dataclass travels through every implementation."""
+"""Options of the SymMPO objective: one frozen dataclass travels through every implementation.
+
+What each option means and where its default comes from: docs/math.md#defaults.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SymMPOConfig:
-    """Hyper-parameters of the SymMPO loss (../shared/SPEC.md, "The loss").
+    """Hyper-parameters of the SymMPO loss (docs/math.md#the-loss, docs/math.md#defaults).
 
     Defaults are the authors' released training code:
 
@@ -68,9 +71,13 @@ class SymMPOConfig:
         """(beta, beta_contrast, pair_weight, margin_weight, anchor_weight, delta): the scalar
         arguments of the terms kernel, in its order."""
         return (
-            self.beta, self.contrast_beta, self.pair_weight,
-            self.margin_weight, self.anchor_weight, self.delta,
-        )  # fmt: skip
+            self.beta,
+            self.contrast_beta,
+            self.pair_weight,
+            self.margin_weight,
+            self.anchor_weight,
+            self.delta,
+        )
 
     def replace(self, **overrides) -> SymMPOConfig:
         """A copy with some fields changed; an unknown name raises TypeError naming it."""

@@ -23,18 +23,30 @@ the forward on (they are needed in backward anyway).
 
 Memory beyond inputs and gradients: one logits chunk (the gradient is written over it), the
 gathered h_c and grad_h_c (n_c x H each), and 4 bytes per position.
+
+This module holds the public functions and their autograd Functions; the planning and the
+per-chunk work are in ``symmpo.fused_linear_chunks``. The math: docs/math.md#the-loss and
+docs/math.md#gradients (the hidden-state gradients at its end); the 6 P H V FLOP floor:
+docs/math.md#hardware-floor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import reference
 from .config import SymMPOConfig, resolve_config
-from .implementations import _kernels, resolve_impl
+
+# The chunk machinery lives in fused_linear_chunks; its names stay importable from here.
+from .fused_linear_chunks import TORCH_ROW_BLOCK as TORCH_ROW_BLOCK
+from .fused_linear_chunks import ChunkPlan as ChunkPlan
+from .fused_linear_chunks import ChunkResult as ChunkResult
+from .fused_linear_chunks import _chunk_loop as _chunk_loop
+from .fused_linear_chunks import _chunk_ops, _linear, plan_chunks, run_chunks, score_hidden
+from .fused_linear_chunks import _TorchChunkOps as _TorchChunkOps
+from .fused_linear_chunks import _TritonChunkOps as _TritonChunkOps
+from .fused_linear_chunks import compute_dtype as compute_dtype
+from .implementations import resolve_impl
 from .output import SymMPOOutput, build_symmpo_output
 from .validation import (
     check_labels,
@@ -47,8 +59,6 @@ from .validation import (
 
 #: Default budget for one chunk's logits: 256 MiB (4 LLaVA examples of 5 x 200 targets in bf16).
 DEFAULT_CHUNK_BYTES = 256 * 2**20
-#: The torch path works through chunk rows in blocks of this many, bounding its float32 temps.
-TORCH_ROW_BLOCK = 256
 
 
 def symmpo_loss_from_hidden(
@@ -116,9 +126,15 @@ def symmpo_loss_from_hidden(
     if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
     check_same_device(
-        hidden=hidden, weight=weight, labels=labels, bias=bias, ref_logps=ref_logps,
-        ref_hidden=ref_hidden, ref_weight=ref_weight, ref_bias=ref_bias,
-    )  # fmt: skip
+        hidden=hidden,
+        weight=weight,
+        labels=labels,
+        bias=bias,
+        ref_logps=ref_logps,
+        ref_hidden=ref_hidden,
+        ref_weight=ref_weight,
+        ref_bias=ref_bias,
+    )
     check_values(labels, vocab, config.ignore_index, config.allow_empty, ref_logps=ref_logps)
     impl = resolve_impl(impl, hidden)
 
@@ -217,167 +233,6 @@ class _TokenLogps(torch.autograd.Function):
         return grad, None, None
 
 
-# --------------------------------------------------------------------------------------------
-# Planning: which positions, in which chunks
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ChunkPlan:
-    """Target positions ordered by example, and the chunks that cut them.
-
-    rows, cols, targets: (P,) int64, position (rows[p], cols[p]) predicts targets[p];
-    chunks: host list of (p0, p1, e0, e1): positions [p0, p1) are all those of examples [e0, e1);
-    counts: (5B,) float32 targets per sequence; batch: B.
-    """
-
-    rows: torch.Tensor
-    cols: torch.Tensor
-    targets: torch.Tensor
-    counts: torch.Tensor
-    chunks: list[tuple[int, int, int, int]]
-    batch: int
-    positions_per_chunk: int
-
-
-def plan_chunks(labels, ignore_index: int, row_bytes: int, chunk_bytes: int) -> ChunkPlan:
-    """Select target positions (one host sync for their per-example counts) and cut them into
-    chunks of whole examples whose logits (row_bytes per position) fit ``chunk_bytes``."""
-    batch = labels.shape[0] // 5
-    is_target = labels[:, 1:] != ignore_index
-    rows, cols = is_target.nonzero(as_tuple=True)
-    example = rows % batch
-    order = torch.argsort(example, stable=True)
-    rows, cols = rows[order], cols[order]
-    sizes = torch.bincount(example, minlength=batch).tolist()
-    budget = max(1, chunk_bytes // row_bytes)
-    chunks, p0, e0, filled = [], 0, 0, 0
-    for e, size in enumerate(sizes):
-        if filled and filled + size > budget:
-            chunks.append((p0, p0 + filled, e0, e))
-            p0, e0, filled = p0 + filled, e, 0
-        filled += size
-    chunks.append((p0, p0 + filled, e0, batch))
-    return ChunkPlan(
-        rows=rows,
-        cols=cols,
-        targets=labels[rows, cols + 1],
-        counts=is_target.sum(-1).float(),
-        chunks=chunks,
-        batch=batch,
-        positions_per_chunk=budget,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# The chunked computation
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ChunkResult:
-    outputs: tuple  # loss (), per_example (B,), terms (4, B), z (3, B), policy (5, B)
-    grads: tuple  # grad_hidden, grad_weight, grad_bias (None where not wanted)
-
-
-def run_chunks(hidden, weight, bias, ref_logps, plan: ChunkPlan, config, impl, needs_grad):
-    """The algorithm of the module docstring; ``needs_grad`` = (hidden, weight, bias)."""
-    batch, device = plan.batch, hidden.device
-    want_h, want_w, want_b = needs_grad
-    f32 = dict(dtype=torch.float32, device=device)
-    sums = torch.zeros(5 * batch, **f32)
-    per_example = torch.empty(batch, **f32)
-    terms, z = torch.empty(4, batch, **f32), torch.empty(3, batch, **f32)
-    grad_seq = torch.zeros(5, batch, **f32)
-    grad_hidden = torch.zeros_like(hidden) if want_h else None
-    grad_weight = torch.zeros_like(weight) if want_w else None
-    grad_bias = torch.zeros(weight.shape[0], **f32) if want_b else None
-    counts = plan.counts.clamp(min=1).view(5, batch)
-    ops = _chunk_ops(impl)
-    # Under autocast the chunk matmuls run in the autocast dtype, as lm_head would; the
-    # gradients are written back in their tensors' own dtypes.
-    dtype = compute_dtype(hidden)
-    with torch.autocast(device.type, enabled=False):
-        w = weight.to(dtype)
-        b = None if bias is None else bias.to(dtype)
-        _chunk_loop(hidden, w, b, ref_logps, plan, config, ops, dtype, counts, sums, per_example,
-                    terms, z, grad_seq, grad_hidden, grad_weight, grad_bias)  # fmt: skip
-
-    policy = sums.view(5, batch)
-    if config.average_log_prob:
-        policy = policy / counts
-    loss = per_example.sum() / batch
-    if grad_bias is not None:
-        grad_bias = grad_bias.to(weight.dtype)
-    return ChunkResult((loss, per_example, terms, z, policy), (grad_hidden, grad_weight, grad_bias))
-
-
-def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
-    """The autocast dtype where autocast is on for hidden's device, else hidden's dtype."""
-    device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return hidden.dtype
-
-
-def _chunk_loop(hidden, weight, bias, ref_logps, plan, config, ops, dtype, counts, sums,
-                per_example, terms, z, grad_seq, grad_hidden, grad_weight, grad_bias):  # fmt: skip
-    """Every chunk of ``run_chunks``: scores, terms, then the gradients (see the module doc).
-
-    grad_weight accumulates in its own dtype, one rounding per chunk (bf16 addmm_ accumulates
-    each chunk's product in float32 inside the matmul).
-    """
-    batch = plan.batch
-    for p0, p1, e0, e1 in plan.chunks:
-        rows, cols, targets = plan.rows[p0:p1], plan.cols[p0:p1], plan.targets[p0:p1]
-        h = hidden[rows, cols].to(dtype)
-        logits = _linear(h, weight, bias)
-        lse = ops.forward(logits, targets, rows, sums)
-        policy = sums.view(5, batch)[:, e0:e1]
-        if config.average_log_prob:
-            policy = policy / counts[:, e0:e1]
-        loss_c, terms_c, z_c, grad_c = ops.terms(policy, ref_logps[:, e0:e1], config, 1.0 / batch)
-        per_example[e0:e1], terms[:, e0:e1], z[:, e0:e1] = loss_c, terms_c, z_c
-        if grad_hidden is None and grad_weight is None and grad_bias is None:
-            continue
-        if config.average_log_prob:
-            grad_c = grad_c / counts[:, e0:e1]
-        grad_seq[:, e0:e1] = grad_c
-        grad_logits = ops.backward(logits, targets, lse, grad_seq.view(-1)[rows])
-        if grad_hidden is not None:
-            grad_hidden[rows, cols] = (grad_logits @ weight).to(grad_hidden.dtype)
-        if grad_weight is not None:
-            if grad_weight.dtype == dtype:
-                grad_weight.addmm_(grad_logits.t(), h)
-            else:
-                grad_weight += (grad_logits.t() @ h).to(grad_weight.dtype)
-        if grad_bias is not None:
-            grad_bias += grad_logits.sum(0, dtype=torch.float32)
-        del logits, grad_logits, h
-
-
-@torch.no_grad()
-def score_hidden(hidden, weight, bias, plan: ChunkPlan, config, impl) -> torch.Tensor:
-    """(5B,) float32 log-probs of the planned target positions, no gradient (2 P H V FLOPs)."""
-    ops = _chunk_ops(impl)
-    sums = torch.zeros(5 * plan.batch, dtype=torch.float32, device=hidden.device)
-    step = plan.positions_per_chunk
-    for p0 in range(0, plan.rows.numel(), step):
-        rows, cols = plan.rows[p0 : p0 + step], plan.cols[p0 : p0 + step]
-        ops.forward(
-            _linear(hidden[rows, cols], weight, bias), plan.targets[p0 : p0 + step], rows, sums
-        )
-    if config.average_log_prob:
-        sums = sums / plan.counts.clamp(min=1)
-    return sums
-
-
-def _linear(h, weight, bias):
-    if bias is None:
-        return h @ weight.t()
-    return torch.addmm(bias, h, weight.t())
-
-
 class _FusedLinearSymMPO(torch.autograd.Function):
     """Forward runs every chunk and keeps the gradients; backward hands them back."""
 
@@ -399,66 +254,6 @@ class _FusedLinearSymMPO(torch.autograd.Function):
         if bool(grad_loss != 1):
             grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in grads)
         return (*grads, None, None, None, None)
-
-
-# --------------------------------------------------------------------------------------------
-# Per-chunk operations: Triton kernels, or the same algorithm in torch
-# --------------------------------------------------------------------------------------------
-
-
-class _TritonChunkOps:
-    @staticmethod
-    def forward(logits, targets, segments, sums):
-        return _kernels().token_logprobs_forward(logits, targets, segments, sums)
-
-    @staticmethod
-    def backward(logits, targets, lse, weights):
-        return _kernels().token_logprobs_backward(logits, targets, lse, weights, inplace=True)
-
-    @staticmethod
-    def terms(policy, ref, config, grad_scale):
-        return _kernels().symmpo_terms_forward(policy, ref, config.kernel_weights, grad_scale)
-
-
-class _TorchChunkOps:
-    """Row blocks of TORCH_ROW_BLOCK keep float32 temporaries small; fp32 logits are
-    transformed in place (softmax, then the gradient, over the chunk itself)."""
-
-    @staticmethod
-    def forward(logits, targets, segments, sums):
-        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-        for i in range(0, logits.shape[0], TORCH_ROW_BLOCK):
-            block = logits[i : i + TORCH_ROW_BLOCK].float()
-            lse[i : i + TORCH_ROW_BLOCK] = torch.logsumexp(block, dim=-1)
-        target_logits = logits.gather(1, targets[:, None]).squeeze(1).float()
-        sums.index_add_(0, segments, target_logits - lse)
-        return lse
-
-    @staticmethod
-    def backward(logits, targets, lse, weights):
-        for i in range(0, logits.shape[0], TORCH_ROW_BLOCK):
-            j = min(i + TORCH_ROW_BLOCK, logits.shape[0])
-            rows = logits[i:j]
-            block = rows if rows.dtype == torch.float32 else rows.float()
-            block.sub_(lse[i:j, None]).exp_().mul_(-weights[i:j, None])
-            block[torch.arange(j - i, device=logits.device), targets[i:j]] += weights[i:j]
-            if block is not rows:
-                rows.copy_(block)
-        return logits
-
-    @staticmethod
-    def terms(policy, ref, config, grad_scale):
-        policy = policy.detach().requires_grad_(True)
-        with torch.enable_grad():
-            t = reference.symmpo_terms(policy, ref, config)
-            (grad,) = torch.autograd.grad(t.loss.sum() * grad_scale, policy)
-        terms = torch.stack([t.dpo, t.pair, t.margin, t.anchor]).detach()
-        z = torch.stack([t.z_dpo, t.z_p1, t.z_p2]).detach()
-        return t.loss.detach(), terms, z, grad
-
-
-def _chunk_ops(impl: str):
-    return _TritonChunkOps if impl == "triton" else _TorchChunkOps
 
 
 # --------------------------------------------------------------------------------------------

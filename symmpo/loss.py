@@ -1,4 +1,8 @@
-"""The public loss functions: validate, pick an implementation, assemble the output."""
+"""The public loss functions: validate, pick an implementation, assemble the output.
+
+The math they compute: docs/math.md (sequence log-probs, the loss, the baselines, gradients,
+metrics).
+"""
 
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ def sequence_logps(
     """Per-sequence log-probability of the labels, differentiable with respect to ``logits``.
 
     s = sum over target positions t of logits[t, labels[t+1]] - logsumexp(logits[t]), divided
-    by the target count when ``average``. logits (N, T, V) fp32/bf16/fp16, labels (N, T)
-    integer aligned with input_ids (``ignore_index`` marks non-targets) -> (N,) float32.
+    by the target count when ``average`` (docs/math.md#sequence-log-probs). logits (N, T, V)
+    fp32/bf16/fp16, labels (N, T) integer aligned with input_ids (``ignore_index`` marks
+    non-targets) -> (N,) float32.
     ``inplace_grad`` (Triton only; see ``symmpo_loss``) writes the gradient into ``logits``.
     """
     logits = check_sequences("logits", logits, kind_major=False)
@@ -55,7 +60,7 @@ def symmpo_loss(
     inplace_grad: bool = False,
     **overrides,
 ) -> SymMPOOutput:
-    """SymMPO loss of a kind-major batch of five sequences per example (../shared/SPEC.md).
+    """SymMPO loss of a kind-major batch of five sequences per example (docs/math.md#the-loss).
 
     Args:
         logits: (5B, T, V) or (5, B, T, V) policy logits, fp32/bf16/fp16; row k*B + i is
@@ -134,10 +139,10 @@ def symmpo_loss(
             )
 
     deferred = torch.is_grad_enabled() and logits.requires_grad
+    in_backward = raise_if_invalid if deferred else None
     result = fused_symmpo(
-        logits, labels, ref_logps, config, inplace_grad, check_ref=check_ref,
-        check_in_backward=raise_if_invalid if deferred else None,
-    )  # fmt: skip
+        logits, labels, ref_logps, config, inplace_grad, check_ref, check_in_backward=in_backward
+    )
     if not deferred:
         raise_if_invalid(result.flags)
     return output_from_terms(result, ref_logps.float())
@@ -149,7 +154,8 @@ def symmpo_loss_from_logps(
     config: SymMPOConfig | None = None,
     **overrides,
 ) -> SymMPOOutput:
-    """The SymMPO loss from sequence log-probs, for trainers that score sequences themselves.
+    """The SymMPO loss from sequence log-probs, for trainers that score sequences themselves
+    (docs/math.md#the-loss; the gradient into policy_logps: docs/math.md#gradients).
 
     policy_logps and ref_logps: (5B,) kind-major or (5, B); gradients flow into policy_logps.
     """
@@ -163,7 +169,9 @@ def symmpo_loss_from_logps(
 def dpo_loss(
     policy_logps: torch.Tensor, ref_logps: torch.Tensor, *, beta: float = 0.1
 ) -> PreferenceOutput:
-    """DPO (SPEC.md "Baselines"): -log sigmoid(beta((s_w - s_w^ref) - (s_l - s_l^ref))), batch mean.
+    """DPO: -log sigmoid(beta((s_w - s_w^ref) - (s_l - s_l^ref))), batch mean.
+
+    See docs/math.md#baselines.
 
     policy_logps, ref_logps: (2B,) kind-major or (2, B), rows (chosen, rejected).
     """
@@ -183,7 +191,8 @@ def mdpo_loss(
     cond_weight: float = 1.0,
     anchor_weight: float = 1.0,
 ) -> PreferenceOutput:
-    """mDPO (Wang et al. 2024): L_dpo + cond_weight L_cond + anchor_weight L_anc, batch mean.
+    """mDPO (Wang et al. 2024): L_dpo + cond_weight L_cond + anchor_weight L_anc, batch mean
+    (docs/math.md#baselines).
 
     policy_logps, ref_logps: (3B,) kind-major or (3, B), rows (chosen, rejected, chosen on the
     corrupted image); L_cond = -log sig(beta(r0 - r0c)), L_anc = -log sig(beta r0).

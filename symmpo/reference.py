@@ -1,4 +1,4 @@
-"""The eager PyTorch oracle of ../shared/SPEC.md: the test reference and the benchmark baseline.
+"""The eager PyTorch oracle of docs/math.md: the test reference and the benchmark baseline.
 
 Everything here is plain autograd-friendly torch, written for clarity, not speed: the log-softmax
 below materialises a float32 (N, T-1, V) tensor, which is exactly what the fused kernels avoid.
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .config import SymMPOConfig
 
-#: The five sequences of one example, in SPEC.md's (and the released code's) order.
+#: The five sequences of one example, in the released code's order: docs/math.md#the-five-sequences.
 KIND_NAMES = ("chosen", "rejected", "contrast_on_image", "chosen_on_contrast", "contrast")
 NUM_KINDS = len(KIND_NAMES)
 
@@ -34,7 +34,8 @@ def sequence_logps(
     average: bool = False,
     ignore_index: int = -100,
 ) -> torch.Tensor:
-    """Sum (or mean) over target positions of log p(label | prefix), one value per sequence.
+    """Sum (or mean) over target positions of log p(label | prefix), one value per sequence
+    (docs/math.md#sequence-log-probs).
 
     logp_t = logits[t, y] - logsumexp_v logits[t, v] with y = labels[t+1] != ignore_index;
     s = sum_t logp_t, divided by the number of targets when ``average`` (0 for a sequence
@@ -74,7 +75,7 @@ class SymMPOTerms(NamedTuple):
 def symmpo_terms(
     policy_logps: torch.Tensor, ref_logps: torch.Tensor, config: SymMPOConfig
 ) -> SymMPOTerms:
-    """The terms of SPEC.md "The loss" from (5, B) policy and reference sequence log-probs.
+    """The terms of docs/math.md#the-loss from (5, B) policy and reference sequence log-probs.
 
     r_k = s_k - s_k^ref;  z_dpo = beta (r0 - r1);  z_p1 = beta (r0 - r2);  z_p2 = beta (r4 - r3);
     mgn = (r0 - r2) - (r4 - r3);  a1 = beta r0 - delta;  a2 = beta_contrast r4 - delta.
@@ -104,13 +105,15 @@ def symmpo_terms(
 def symmpo_rewards(
     policy_logps: torch.Tensor, ref_logps: torch.Tensor, config: SymMPOConfig
 ) -> torch.Tensor:
-    """(5, B) implicit rewards: beta r_k for k = 0, 1, 2 and beta_contrast r_k for k = 3, 4."""
+    """(5, B) implicit rewards: beta r_k for k = 0, 1, 2 and beta_contrast r_k for k = 3, 4
+    (docs/math.md#rewards)."""
     r = policy_logps - ref_logps
     return torch.cat([config.beta * r[:3], config.contrast_beta * r[3:]])
 
 
 def dpo_terms(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float):
-    """DPO on (chosen, rejected): returns per-example (loss, z) with z = beta (r0 - r1)."""
+    """DPO on (chosen, rejected): returns per-example (loss, z) with z = beta (r0 - r1)
+    (docs/math.md#baselines)."""
     r = policy_logps - ref_logps
     z = beta * (r[0] - r[1])
     return -F.logsigmoid(z), z
@@ -123,7 +126,8 @@ def mdpo_terms(
     cond_weight: float = 1.0,
     anchor_weight: float = 1.0,
 ):
-    """mDPO (Wang et al. 2024) on (chosen, rejected, chosen on the corrupted image), rows 0, 1, 2.
+    """mDPO (Wang et al. 2024) on (chosen, rejected, chosen on the corrupted image), rows 0, 1, 2
+    (docs/math.md#baselines).
 
     L = -log sig(beta (r0 - r1)) + cond_weight * -log sig(beta (r0 - r0c))
         + anchor_weight * -log sig(beta r0).

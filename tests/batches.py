@@ -34,7 +34,7 @@ def make_batch(batch=2, seq_len=6, vocab=11, dtype=torch.float32, scale=2.0, see
     return logits, labels, ref_logps
 
 
-#: Non-default SymMPO weights used by the tests that compare against the SPEC.md transcription.
+#: Non-default SymMPO weights for the tests that compare against tests/math_oracle.py.
 NON_DEFAULT_WEIGHTS = dict(
     beta=0.25, beta_contrast=0.15, pair_weight=0.8, margin_weight=0.01, anchor_weight=0.3, delta=0.2
 )

@@ -1,4 +1,5 @@
-"""The benchmark files stay runnable: a tiny CPU run writes well-formed CSV rows."""
+"""The benchmark files stay runnable: a tiny CPU run writes well-formed CSV rows and prints them
+as a table, run either way benchmarks/README.md documents."""
 
 import csv
 import os
@@ -14,28 +15,77 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from results_csv import COLUMNS, make_row, read_rows, write_rows  # noqa: E402
 
 
-def _run_bench(name, tmp_path):
+def _run(args, tmp_path, triton_interpret="1"):
+    """Run ``python ARGS`` from the repository root as a tiny CPU smoke run, rows to tmp_path."""
     out = tmp_path / "results.csv"
-    env = {**os.environ, "SYMMPO_BENCH_TINY": "1", "TRITON_INTERPRET": "1",
-           "SYMMPO_RESULTS_CSV": str(out)}  # fmt: skip
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
-           str(ROOT / "benchmarks" / name)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, "SYMMPO_BENCH_TINY": "1", "SYMMPO_RESULTS_CSV": str(out)}
+    env["TRITON_INTERPRET"] = triton_interpret
+    proc = subprocess.run(
+        [sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def _run_bench(name, tmp_path):
+    """`python -m pytest benchmarks/NAME`: rows in the CSV, and the same rows printed."""
+    cmd = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable"]
+    out, stdout = _run([*cmd, str(ROOT / "benchmarks" / name)], tmp_path)
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert rows and list(rows[0]) == COLUMNS
+    _assert_table_printed(stdout, rows)
     return rows
+
+
+def _assert_table_printed(stdout, rows):
+    """The run ends with a table per op: a title naming the op and the card, a header, and a
+    line per (mode, size, provider) row holding its median ms."""
+    assert "symmpo benchmark results" in stdout, stdout[-3000:]
+    lines = stdout.splitlines()
+    for op in {r["op"] for r in rows}:
+        title = next(i for i, line in enumerate(lines) if line.startswith(f"{op} on cpu"))
+        header = lines[title + 1].split()
+        assert header[0] == "mode" and header[2] == "provider" and "ms" in header, header
+        table = [line.split() for line in lines[title + 2 :]]
+        for r in rows:
+            if r["op"] == op and r["metric"] == "ms":
+                cells = [r["mode"], r["n_positions"], r["provider"]]
+                assert any(line[:3] == cells for line in table), (cells, stdout[-3000:])
 
 
 def test_logits_path_benchmark_runs(tmp_path):
     rows = _run_bench("bench_logits_path.py", tmp_path)
     providers = {r["provider"] for r in rows}
     assert providers == {"eager", "symmpo_triton"}
-    assert {r["mode"] for r in rows} == {"forward", "backward", "full", "full_unchecked",
-                                         "reference"}  # fmt: skip
+    modes = {"forward", "backward", "full", "full_unchecked", "reference"}
+    assert {r["mode"] for r in rows} == modes
     assert {r["provider"] for r in rows if r["mode"] == "full_unchecked"} == {"symmpo_triton"}
     assert all(float(r["value"]) > 0 for r in rows if r["metric"] == "ms")
+
+
+def test_bench_run_as_a_script_prints_its_table(tmp_path):
+    """`SYMMPO_BENCH_TINY=1 python benchmarks/bench_logits_path.py`, as benchmarks/README.md
+    documents it: the pytest run of the file, its exit status and its results table."""
+    out, stdout = _run(["benchmarks/bench_logits_path.py"], tmp_path, triton_interpret="0")
+    rows = read_rows(out)
+    assert {r["provider"] for r in rows} == {"eager"}
+    assert "passed" in stdout
+    _assert_table_printed(stdout, rows)
+
+
+def test_benchmarks_folder_collects_every_bench_once():
+    """`python -m pytest benchmarks` (the smoke command) collects each bench_*.py file once."""
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+    for args in (["benchmarks"], ["benchmarks", "benchmarks/bench_fused_linear.py"]):
+        env = {**os.environ, "SYMMPO_BENCH_TINY": "1"}
+        proc = subprocess.run([*cmd, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        ids = [line for line in proc.stdout.splitlines() if "::" in line]
+        assert len(ids) == len(set(ids)), ids
+        files = {line.split("::")[0] for line in ids}
+        benches = {f"benchmarks/{p.name}" for p in (ROOT / "benchmarks").glob("bench_*.py")}
+        assert files == benches
 
 
 def test_results_csv_deduplicates_by_key(tmp_path):
@@ -59,9 +109,8 @@ def test_device_check_script_is_valid_bash():
 
 def test_fused_linear_benchmark_runs(tmp_path):
     rows = _run_bench("bench_fused_linear.py", tmp_path)
-    assert {r["provider"] for r in rows} == {
-        "symmpo_fused_linear", "eager", "liger_fused_linear_dpo",
-    }  # fmt: skip
+    providers = {"symmpo_fused_linear", "eager", "liger_fused_linear_dpo"}
+    assert {r["provider"] for r in rows} == providers
     assert {r["metric"] for r in rows} == {"ms", "tflops"}
 
 

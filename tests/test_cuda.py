@@ -126,8 +126,9 @@ def test_more_than_2_31_elements():
     probs = torch.softmax(tail, -1)
     onehot = torch.nn.functional.one_hot(labels[rows - 1, t0 + 1 :], V).float()
     expected_grad = weights[rows - 1] * (onehot - probs)
-    torch.testing.assert_close(grad[rows - 1, t0 : seq_len - 1].float(), expected_grad,
-                               rtol=1e-2, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        grad[rows - 1, t0 : seq_len - 1].float(), expected_grad, rtol=1e-2, atol=1e-5
+    )
     assert torch.all(grad[:, :2] == 0) and torch.all(grad[:, -1] == 0)
 
 
@@ -187,15 +188,16 @@ def _tiny_model_and_batch():
     tokenizer = build_tokenizer()
     model, processor = tiny_llava(tokenizer, seed=0)
     model = model.cuda().float()
-    collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
-                                  num_image_tokens(model.config))  # fmt: skip
+    collator = PreferenceCollator(
+        tokenizer, processor, model.config.image_token_id, num_image_tokens(model.config)
+    )
     return model, collator(records_from_rows(make_synthetic_records(4, seed=2))[0])
 
 
 @pytest.mark.parametrize("attention", ["mask", "varlen"])
 def test_shared_prefix_forward_matches_naive_on_cuda(attention):
+    from symmpo.train.forwards import score_batch
     from symmpo.train.model import naive_forward
-    from symmpo.train.objectives import score_batch
     from symmpo.train.shared_prefix import shared_forward
 
     model, batch = _tiny_model_and_batch()
@@ -228,8 +230,10 @@ def test_flash_kernels_match_the_reference(causal, kv_heads):
     q_lengths, k_lengths = torch.tensor([150, 1, 37]), torch.tensor([750, 601, 640])
     seqs = kernels.VarlenSequences.from_lengths(q_lengths, k_lengths).to("cuda")
     q = torch.randn(int(q_lengths.sum()), 8, 64, device="cuda", generator=gen)
-    k, v = (torch.randn(int(k_lengths.sum()), kv_heads, 64, device="cuda", generator=gen)
-            for _ in range(2))  # fmt: skip
+    k, v = (
+        torch.randn(int(k_lengths.sum()), kv_heads, 64, device="cuda", generator=gen)
+        for _ in range(2)
+    )
     dout = torch.randn_like(q)
     results = []
     for impl, dtype in ((kernels.FLASH, torch.bfloat16), (kernels.REFERENCE, torch.float32)):
@@ -278,14 +282,15 @@ def test_shared_varlen_route_with_the_cuda_kernel_under_autocast(monkeypatch):
     attention rounding."""
     varlen_kernels = _flash_or_skip()
     from symmpo.train import shared_varlen
+    from symmpo.train.forwards import score_batch
     from symmpo.train.model import naive_forward
-    from symmpo.train.objectives import score_batch
     from symmpo.train.shared_prefix import shared_forward
 
     chosen = []
     real_kernels_for = shared_varlen.kernels_for
-    monkeypatch.setattr(shared_varlen, "kernels_for",
-                        lambda q: chosen.append(real_kernels_for(q)) or chosen[-1])  # fmt: skip
+    monkeypatch.setattr(
+        shared_varlen, "kernels_for", lambda q: chosen.append(real_kernels_for(q)) or chosen[-1]
+    )
     model, batch = _tiny_model_and_batch()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         naive = score_batch(model, batch, average=True, forward=naive_forward)

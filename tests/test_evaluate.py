@@ -1,17 +1,17 @@
-"""Evaluation: hand-computed CHAIR and AMBER values, the synthetic hallucination check, and
-`python -m symmpo.evaluate` on a saved checkpoint."""
+"""Evaluation (symmpo.eval): hand-computed CHAIR and AMBER values, the synthetic hallucination
+check, and `python -m symmpo.evaluate` (symmpo.eval.cli) on a saved checkpoint."""
 
 import json
 
 import pytest
 from train_script import load_train_script
 
-from symmpo.evaluate import (
+from symmpo.eval.cli import main
+from symmpo.eval.hallucination import (
     amber_metrics,
     build_synonyms,
     chair_metrics,
     fold,
-    main,
     mentioned_objects,
     scene_hallucinations,
 )
@@ -31,8 +31,10 @@ def test_chair_by_hand():
 
 
 def test_amber_by_hand():
-    annotations = {7: {"truth": ["tree", "sky"], "hallu": ["car", "dog"]},
-                   8: {"truth": ["table"], "hallu": ["chair"]}}  # fmt: skip
+    annotations = {
+        7: {"truth": ["tree", "sky"], "hallu": ["car", "dog"]},
+        8: {"truth": ["table"], "hallu": ["chair"]},
+    }
     responses = {7: "Trees under the sky, and a dog.", 8: "A wooden table."}
     # 7: mentions tree, sky, dog (dog hallucinated); 8: table. CHAIR = 1/4, Cover = 3/3, Hal = 1/2
     result = amber_metrics(responses, annotations)
@@ -43,39 +45,76 @@ def test_amber_by_hand():
 
 def test_word_matching():
     assert [fold(w) for w in ("Dogs", "boxes", "glasses", "berries", "sky")] == [
-        "dog", "box", "glass", "berry", "sky",
-    ]  # fmt: skip
+        "dog",
+        "box",
+        "glass",
+        "berry",
+        "sky",
+    ]
     table = build_synonyms(["traffic light", "light"])
     assert mentioned_objects("Two traffic lights and one light.", table) == [
-        "traffic light", "light",
-    ]  # fmt: skip
+        "traffic light",
+        "light",
+    ]
 
 
 def test_synthetic_scene_hallucination():
     record = make_synthetic_records(1, seed=4)[0]
     assert scene_hallucinations(record["resp_1_w"], record["scene_1"]) == 0
     present = {(g["colour"], g["shape"]) for g in record["scene_1"]}
-    absent = next((c, s) for c in ("red", "green", "blue", "yellow", "purple")
-                  for s in ("circle", "square", "triangle") if (c, s) not in present)  # fmt: skip
-    assert scene_hallucinations(f"There is one {absent[0]} {absent[1]} on the left.",
-                                record["scene_1"]) == 1  # fmt: skip
+    absent = next(
+        (c, s)
+        for c in ("red", "green", "blue", "yellow", "purple")
+        for s in ("circle", "square", "triangle")
+        if (c, s) not in present
+    )
+    assert (
+        scene_hallucinations(
+            f"There is one {absent[0]} {absent[1]} on the left.", record["scene_1"]
+        )
+        == 1
+    )
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     train = load_train_script()
     out = tmp_path_factory.mktemp("run")
-    train.main(["--n_train", "16", "--heldout", "4", "--batch_size", "4", "--max_steps", "4",
-                "--eval_steps", "2", "--eval_generate", "2", "--logging_steps", "1",
-                "--output_dir", str(out)])  # fmt: skip
+    train.main(
+        [
+            "--n_train",
+            "16",
+            "--heldout",
+            "4",
+            "--batch_size",
+            "4",
+            "--max_steps",
+            "4",
+            "--eval_steps",
+            "2",
+            "--eval_generate",
+            "2",
+            "--logging_steps",
+            "1",
+            "--output_dir",
+            str(out),
+        ]
+    )
     return out
 
 
 def test_training_writes_eval_jsonl_and_curves(trained_run):
     rows = [json.loads(line) for line in (trained_run / "eval.jsonl").open()]
     assert [r["step"] for r in rows] == [0, 2, 4]
-    assert {"logp_accuracy", "reward_accuracy", "reward_margin", "hallucination_rate",
-            "described_rate"} <= set(rows[-1])  # fmt: skip
+    assert {
+        "logp_accuracy",
+        "reward_accuracy",
+        "reward_margin",
+        "hallucination_rate",
+        "described_rate",
+    } <= set(rows[-1])
+    # The untrained model's answer at step 0 is stray byte tokens: escaped, never U+FFFD.
+    assert all("\ufffd" not in r["example_answer"] for r in rows)
     assert (trained_run / "curves.png").stat().st_size > 10_000
 
 
@@ -87,8 +126,14 @@ def test_evaluate_cli_on_checkpoint_with_amber_and_chair_files(trained_run, tmp_
     for i, row in enumerate(rows, 1):
         (amber / "image" / f"AMBER_{i}.png").write_bytes(row["image_1"]["bytes"])
         queries.append({"id": i, "image": f"AMBER_{i}.png", "query": "Describe the image."})
-        notes.append({"id": i, "type": "generative",
-                      "truth": [g["shape"] for g in row["scene_1"]], "hallu": ["dog"]})  # fmt: skip
+        notes.append(
+            {
+                "id": i,
+                "type": "generative",
+                "truth": [g["shape"] for g in row["scene_1"]],
+                "hallu": ["dog"],
+            }
+        )
     (amber / "query_generative.json").write_text(json.dumps(queries))
     (amber / "annotations.json").write_text(json.dumps(notes))
     answers = tmp_path / "answers.jsonl"
@@ -99,9 +144,20 @@ def test_evaluate_cli_on_checkpoint_with_amber_and_chair_files(trained_run, tmp_
     synonyms = tmp_path / "synonyms.json"
     synonyms.write_text(json.dumps({"dog": ["puppy"]}))
     checkpoint = sorted(trained_run.glob("checkpoint-*"))[-1]
-    result = main(["--checkpoint", str(checkpoint), "--amber_dir", str(amber),
-                   "--chair_responses", str(answers), "--chair_annotations", str(objects),
-                   "--chair_synonyms", str(synonyms)])  # fmt: skip
+    result = main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--amber_dir",
+            str(amber),
+            "--chair_responses",
+            str(answers),
+            "--chair_annotations",
+            str(objects),
+            "--chair_synonyms",
+            str(synonyms),
+        ]
+    )
     assert result["step"] == 4 and 0 <= result["logp_accuracy"] <= 1
     assert result["amber_responses"] == 2 and 0 <= result["amber_CHAIR"] <= 1
     assert result["chair_CHAIRs"] == 1.0 and result["chair_CHAIRi"] == pytest.approx(0.5)
@@ -112,19 +168,43 @@ def test_evaluate_cli_on_checkpoint_with_amber_and_chair_files(trained_run, tmp_
 def test_checkpoint_of_a_varlen_run_evaluates_like_the_run(tmp_path, monkeypatch):
     """A --forward shared --shared_attention varlen run: evaluate rebuilds the model on the same
     attention and scores the checkpoint as the run's own last evaluation did."""
-    from symmpo.train import shared_varlen
+    from symmpo.eval import checkpoint as eval_checkpoint
+    from symmpo.train.shared_varlen import VARLEN_ATTENTION
 
     train = load_train_script()
     out = tmp_path / "run"
-    train.main(["--n_train", "8", "--heldout", "4", "--batch_size", "4", "--max_steps", "2",
-                "--eval_generate", "1", "--forward", "shared", "--shared_attention", "varlen",
-                "--output_dir", str(out)])  # fmt: skip
-    switched = []
-    real = shared_varlen.use_varlen_attention
-    monkeypatch.setattr(shared_varlen, "use_varlen_attention",
-                        lambda m: switched.append(m) or real(m))  # fmt: skip
+    train.main(
+        [
+            "--n_train",
+            "8",
+            "--heldout",
+            "4",
+            "--batch_size",
+            "4",
+            "--max_steps",
+            "2",
+            "--eval_generate",
+            "1",
+            "--forward",
+            "shared",
+            "--shared_attention",
+            "varlen",
+            "--output_dir",
+            str(out),
+        ]
+    )
+    rebuilt = []
+    real = eval_checkpoint.rebuild_run
+    monkeypatch.setattr(
+        eval_checkpoint, "rebuild_run", lambda c: rebuilt.append(real(c)) or rebuilt[-1]
+    )
     result = main(["--checkpoint", str(out / "checkpoint-2")])
-    assert len(switched) == 2  # policy and reference (full fine-tuning)
+    (run,) = rebuilt
+    for model in (run.model, run.reference.model):  # policy and reference (full fine-tuning)
+        assert (
+            model is not None and model.config.text_config._attn_implementation == VARLEN_ATTENTION
+        )
+    assert run.reference.model is not run.model
     last = json.loads((out / "eval.jsonl").read_text().splitlines()[-1])
     for key in ("logp_accuracy", "reward_accuracy", "reward_margin", "hallucination_rate"):
         assert result[key] == pytest.approx(last[key], rel=1e-5, abs=1e-7), key

@@ -1,4 +1,7 @@
-"""symmpo_loss_from_hidden against the float64 reference (logits = hidden @ weight.T + bias)."""
+"""symmpo_loss_from_hidden against the float64 reference (logits = hidden @ weight.T + bias).
+
+The math checked: docs/math.md#the-loss and docs/math.md#gradients (into the hidden states).
+"""
 
 import math
 
@@ -43,8 +46,9 @@ def assert_matches_float64(got, exact, rtol=1e-5):
     out, *grads = got
     ref_out, *ref_grads = exact
     assert abs(out.loss.item() - ref_out.loss.item()) <= rtol * max(1.0, abs(ref_out.loss.item()))
-    torch.testing.assert_close(out.policy_logps.double(), ref_out.policy_logps.double(),
-                               rtol=rtol, atol=rtol)  # fmt: skip
+    torch.testing.assert_close(
+        out.policy_logps.double(), ref_out.policy_logps.double(), rtol=rtol, atol=rtol
+    )
     for g, r in zip(grads, ref_grads, strict=True):
         err = (g.double() - r).abs().max().item()
         assert err <= rtol * max(1.0, r.abs().max().item()), err
@@ -56,8 +60,8 @@ def assert_matches_float64(got, exact, rtol=1e-5):
 def test_fp32_matches_float64(impl, chunk_bytes, average):
     h, w, b, labels, ref = make_inputs(batch=3)
     exact = reference_run(h, w, b, labels, ref, average_log_prob=average, **KW)
-    got = fused_run(h.float(), w.float(), b.float(), labels, ref, impl,
-                    chunk_bytes=chunk_bytes, average_log_prob=average, **KW)  # fmt: skip
+    kw = dict(chunk_bytes=chunk_bytes, average_log_prob=average, **KW)
+    got = fused_run(h.float(), w.float(), b.float(), labels, ref, impl, **kw)
     assert_matches_float64(got, exact)
 
 
@@ -103,8 +107,9 @@ def test_bf16_errors_within_torch(impl):
     low = [t.to(torch.bfloat16) for t in (h, w, b)]
     eager = reference_run(*low, labels, ref)
     got = fused_run(*low, labels, ref, impl, chunk_bytes=1)
-    assert_error_within(got[0].loss.detach(), eager[0].loss.detach(), exact[0].loss.detach(),
-                        eps_scale=1e-3)  # fmt: skip
+    assert_error_within(
+        got[0].loss.detach(), eager[0].loss.detach(), exact[0].loss.detach(), eps_scale=1e-3
+    )
     for g, e, x in zip(got[1:], eager[1:], exact[1:], strict=True):
         assert g.dtype == torch.bfloat16
         assert_error_within(g, e, x, eps_scale=2.0**-7, slack=1.5)
@@ -115,8 +120,9 @@ def test_ref_hidden_is_scored_without_gradient(impl):
     h, w, b, labels, _ = make_inputs(batch=2, dtype=torch.float32, seed=7)
     ref_h = (h + 0.3 * torch.randn_like(h)).requires_grad_(True)
     ref_w = w + 0.1
-    out = symmpo_loss_from_hidden(h, w, labels, ref_hidden=ref_h, ref_weight=ref_w,
-                                  ref_bias=b, impl=impl, chunk_bytes=100)  # fmt: skip
+    out = symmpo_loss_from_hidden(
+        h, w, labels, ref_hidden=ref_h, ref_weight=ref_w, ref_bias=b, impl=impl, chunk_bytes=100
+    )
     expected = reference.sequence_logps(ref_h.detach() @ ref_w.t() + b, labels)
     torch.testing.assert_close(out.ref_logps.flatten(), expected, rtol=1e-5, atol=1e-5)
     assert ref_h.grad is None
@@ -184,8 +190,9 @@ def test_sequence_logps_from_hidden(impl, average):
     for g, e in zip((h3.grad, w3.grad, b3.grad), (x[0].grad, x[1].grad, x[2].grad), strict=True):
         torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
-        chunked = sequence_logps_from_hidden(h3, w3, labels[:3], bias=b3, average=average,
-                                             impl=impl, chunk_bytes=1)  # fmt: skip
+        chunked = sequence_logps_from_hidden(
+            h3, w3, labels[:3], bias=b3, average=average, impl=impl, chunk_bytes=1
+        )
     torch.testing.assert_close(chunked, got.detach(), rtol=1e-6, atol=1e-6)
 
 

@@ -1,4 +1,7 @@
-"""The fused log-prob kernels (Triton interpreter) against the float64 reference."""
+"""The fused log-prob kernels (Triton interpreter) against the float64 reference.
+
+The math checked: docs/math.md#sequence-log-probs and docs/math.md#gradients (into the logits).
+"""
 
 import pytest
 import torch

@@ -1,8 +1,11 @@
-"""The terms kernel and the fused logits -> loss path (Triton interpreter) against references."""
+"""The terms kernel and the fused logits -> loss path (Triton interpreter) against references.
 
+The formulas checked: docs/math.md#the-loss, docs/math.md#gradients, docs/math.md#metrics.
+"""
+
+import math_oracle
 import numpy as np
 import pytest
-import spec_oracle
 import torch
 from batches import NON_DEFAULT_WEIGHTS, make_batch, weights_of
 from kernel_helpers import assert_error_within, poisoned_allocations
@@ -36,24 +39,24 @@ def test_terms_kernel_matches_float64(monkeypatch, config, batch):
     expected_z = torch.stack([exact.z_dpo, exact.z_p1, exact.z_p2]).detach()
     torch.testing.assert_close(z.double(), expected_z, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad.double(), p.grad, rtol=1e-5, atol=1e-7)
-    _, g_spec = spec_oracle.symmpo(
+    _, g_math = math_oracle.symmpo(
         p.detach().numpy(),
         ref.float().double().numpy(),
         **weights_of(config),
     )
-    np.testing.assert_allclose(grad.double().numpy(), g_spec, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad.double().numpy(), g_math, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("average", [False, True])
 @pytest.mark.parametrize("config", CONFIGS[:2])
-def test_fused_loss_matches_spec_fp32(monkeypatch, average, config):
+def test_fused_loss_matches_math_fp32(monkeypatch, average, config):
     logits, labels, ref = make_batch(batch=2, seq_len=6, vocab=300, scale=3.0, seed=3)
     x = logits.clone().requires_grad_(True)
     with poisoned_allocations(monkeypatch):
         out = symmpo_loss(x, labels, ref, config=config, impl="triton", average_log_prob=average)
         out.loss.backward()
     weights = weights_of(config)
-    loss64, grad64 = spec_oracle.symmpo_from_logits(
+    loss64, grad64 = math_oracle.symmpo_from_logits(
         logits.numpy(), labels.numpy(), ref.numpy(), average=average, **weights
     )
     assert abs(out.loss.item() - loss64) <= 1e-5 * max(1.0, abs(loss64))
@@ -84,10 +87,9 @@ def _means_float64(policy, ref, config):
     t = reference.symmpo_terms(p, r, config)
     z = torch.stack([t.z_dpo, t.z_p1, t.z_p2])
     rewards = reference.symmpo_rewards(p, r, config)
-    return torch.cat([
-        t.loss.mean()[None], torch.stack([t.dpo, t.pair, t.margin, t.anchor]).mean(-1),
-        (z > 0).double().mean(-1), z.mean(-1), rewards.mean(-1),
-    ])  # fmt: skip
+    term_means = torch.stack([t.dpo, t.pair, t.margin, t.anchor]).mean(-1)
+    accuracies = (z > 0).double().mean(-1)
+    return torch.cat([t.loss.mean()[None], term_means, accuracies, z.mean(-1), rewards.mean(-1)])
 
 
 @pytest.mark.parametrize("batch,average", [(3, False), (1100, True)])  # 1100: two blocks

@@ -1,4 +1,7 @@
-"""Public API behaviour and the properties of the objective (hypothesis)."""
+"""Public API behaviour and the properties of the objective (hypothesis).
+
+The objective and its defaults: docs/math.md (the loss, defaults, baselines, metrics).
+"""
 
 import math
 import os

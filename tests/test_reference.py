@@ -1,10 +1,13 @@
-"""The eager oracle vs hand-computed values, float64 gradcheck and the NumPy SPEC transcription."""
+"""The eager oracle vs hand-computed values, float64 gradcheck and the NumPy transcription.
+
+The formulas checked: docs/math.md (the loss, gradients, metrics; math_oracle.py transcribes them).
+"""
 
 import math
 
+import math_oracle
 import numpy as np
 import pytest
-import spec_oracle
 import torch
 from batches import NON_DEFAULT_WEIGHTS, make_batch
 
@@ -76,15 +79,15 @@ def test_shift_is_a_view_and_input_untouched():
 
 
 @pytest.mark.parametrize("average", [False, True])
-def test_matches_float64_spec_transcription(average):
-    """Loss and logits gradient of impl='torch' in fp32 match SPEC.md in float64 to 1e-5."""
+def test_matches_float64_math_transcription(average):
+    """Loss and logits gradient of impl='torch' in fp32 match docs/math.md in float64 to 1e-5."""
     logits, labels, ref = make_batch(batch=3, seq_len=7, vocab=13, scale=3.0, seed=1)
     logits.requires_grad_(True)
     out = symmpo_loss(
         logits, labels, ref, impl="torch", average_log_prob=average, **NON_DEFAULT_WEIGHTS
     )
     out.loss.backward()
-    loss64, grad64 = spec_oracle.symmpo_from_logits(
+    loss64, grad64 = math_oracle.symmpo_from_logits(
         logits.detach().numpy(), labels.numpy(), ref.numpy(), average=average, **NON_DEFAULT_WEIGHTS
     )
     assert abs(out.loss.item() - loss64) <= 1e-5 * max(1.0, abs(loss64))

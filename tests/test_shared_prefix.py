@@ -11,8 +11,9 @@ from symmpo import SymMPOConfig
 from symmpo.train import shared_varlen
 from symmpo.train.collator import PreferenceCollator
 from symmpo.train.data import records_from_rows
+from symmpo.train.forwards import score_batch
 from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava
-from symmpo.train.objectives import compute_loss, score_batch
+from symmpo.train.objectives import compute_loss
 from symmpo.train.shared_prefix import shared_attention_mask, shared_forward
 from symmpo.train.shared_varlen import use_varlen_attention
 from symmpo.train.synthetic import make_synthetic_records
@@ -38,8 +39,13 @@ def routed(model, attention: str):
 
 def collate(tiny, loss="symmpo", n=3, seed=11):
     tokenizer, model, processor = tiny
-    collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
-                                  num_image_tokens(model.config), loss=loss)  # fmt: skip
+    collator = PreferenceCollator(
+        tokenizer,
+        processor,
+        model.config.image_token_id,
+        num_image_tokens(model.config),
+        objective=loss,
+    )
     return collator(records_from_rows(make_synthetic_records(n, seed=seed))[0])
 
 
@@ -54,8 +60,9 @@ def test_per_sequence_logps_match_on_random_inputs(tiny, loss, attention, monkey
     batch = collate(tiny, loss, n=4, seed=21)
     naive = score_batch(model, batch, average=False, forward=naive_forward)
     calls = []
-    counting = AttentionKernels("counting", lambda *a: calls.append(a) or REFERENCE.forward(*a),
-                                REFERENCE.backward)  # fmt: skip
+    counting = AttentionKernels(
+        "counting", lambda *a: calls.append(a) or REFERENCE.forward(*a), REFERENCE.backward
+    )
     monkeypatch.setattr(shared_varlen, "kernels_for", lambda q: counting)
     shared = score_batch(routed(model, attention), batch, average=False, forward=shared_forward)
     layers = model.config.text_config.num_hidden_layers
@@ -87,31 +94,58 @@ def test_loss_and_gradients_match(tiny, attention):
 def test_mask_each_response_sees_prefix_and_itself_only():
     segments = torch.tensor([[0, 0, 1, 1, 2, -1]])
     visible = shared_attention_mask(segments, torch.float32)[0, 0] == 0
-    expected = torch.tensor([
-        [1, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0],
-        [1, 1, 0, 0, 1, 0],
-        [1, 1, 0, 0, 0, 0],  # padding: sees the prefix; its output is never used
-    ], dtype=torch.bool)  # fmt: skip
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0],
+            [1, 1, 0, 0, 1, 0],
+            [1, 1, 0, 0, 0, 0],  # padding: sees the prefix; its output is never used
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(visible, expected)
 
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--gradient_checkpointing"], ["--gradient_checkpointing", "--shared_attention", "varlen"],
-     ["--ref", "model", "--shared_attention", "varlen"]],
-)  # fmt: skip
+    [
+        [],
+        ["--gradient_checkpointing"],
+        ["--gradient_checkpointing", "--shared_attention", "varlen"],
+        ["--ref", "model", "--shared_attention", "varlen"],
+    ],
+)
 def test_one_train_step_naive_vs_shared(tmp_path, extra):
     """The issue's acceptance check: same seed, one step, loss within 1e-4, grad norm 1e-3."""
     train = load_train_script()
-    common = ["--n_train", "16", "--heldout", "4", "--batch_size", "4", "--max_steps", "1",
-              "--eval_batch_size", "8", *extra]  # fmt: skip
+    common = [
+        "--n_train",
+        "16",
+        "--heldout",
+        "4",
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "1",
+        "--eval_batch_size",
+        "8",
+        *extra,
+    ]
     naive_args = [a for a in common if a not in ("--shared_attention", "varlen")]
-    runs = {f: train.main([*(naive_args if f == "naive" else common), "--forward", f,
-                           "--output_dir", str(tmp_path / f)])
-            for f in ("naive", "shared")}  # fmt: skip
+    runs = {
+        f: train.main(
+            [
+                *(naive_args if f == "naive" else common),
+                "--forward",
+                f,
+                "--output_dir",
+                str(tmp_path / f),
+            ]
+        )
+        for f in ("naive", "shared")
+    }
     naive, shared = runs["naive"]["history"][0], runs["shared"]["history"][0]
     assert abs(shared["loss"] - naive["loss"]) <= 1e-4 * abs(naive["loss"])
     assert abs(shared["grad_norm"] - naive["grad_norm"]) <= 1e-3 * naive["grad_norm"]
@@ -132,12 +166,13 @@ def test_flash_attn_installed_keeps_sdpa_for_the_shared_language_model(monkeypat
     )
     assert model_module.attention_implementation(cuda) == "flash_attention_2"
     assert model_module.attention_implementation(cuda, shared_prefix=True) == {
-        "text_config": "sdpa", "vision_config": "flash_attention_2"
-    }  # fmt: skip
+        "text_config": "sdpa",
+        "vision_config": "flash_attention_2",
+    }
     assert model_module.attention_implementation(cpu, shared_prefix=True) == "sdpa"
 
 
 def test_shared_attention_needs_the_shared_forward(tmp_path):
     train = load_train_script()
-    with pytest.raises(ValueError, match="--shared_attention chooses how --forward shared"):
+    with pytest.raises(ValueError, match="--shared_attention varlen: chooses how --forward shared"):
         train.main(["--shared_attention", "varlen", "--output_dir", str(tmp_path)])

@@ -27,8 +27,9 @@ from symmpo.train.tokenizer import build_tokenizer
 def tiny():
     tokenizer = build_tokenizer()
     model, processor = tiny_llava(tokenizer, seed=5)
-    collator = PreferenceCollator(tokenizer, processor, model.config.image_token_id,
-                                  num_image_tokens(model.config))  # fmt: skip
+    collator = PreferenceCollator(
+        tokenizer, processor, model.config.image_token_id, num_image_tokens(model.config)
+    )
     batch = collator(records_from_rows(make_synthetic_records(2, seed=4))[0])
     return model, batch
 
@@ -73,8 +74,9 @@ def step_grads(policy, batch, uncast: bool, backward_in_autocast: bool):
     ref = torch.zeros(batch["input_ids"].shape[0])
     with lora_inputs_uncast(policy, active=uncast):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = compute_loss(policy, batch, ref, "symmpo", SymMPOConfig(),
-                                forward=shared_forward).loss  # fmt: skip
+            loss = compute_loss(
+                policy, batch, ref, "symmpo", SymMPOConfig(), forward=shared_forward
+            ).loss
             if backward_in_autocast:
                 loss.backward()
         if not backward_in_autocast:
@@ -137,8 +139,9 @@ def test_hooked_embeddings_are_not_kept_for_a_gradient_nobody_reads(tiny):
     embeds = embed_with_images(llava, ids, features)
     assert embeds.requires_grad and embeds.is_leaf and embeds.grad_fn is None
     image_positions = (ids == llava.config.image_token_id).unsqueeze(-1)
-    torch.testing.assert_close(embeds, hooked.detach().masked_scatter(image_positions, features),
-                               rtol=0, atol=0)  # fmt: skip
+    torch.testing.assert_close(
+        embeds, hooked.detach().masked_scatter(image_positions, features), rtol=0, atol=0
+    )
 
     ref = -torch.rand(10, generator=torch.Generator().manual_seed(0)) * 30
 

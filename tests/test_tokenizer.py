@@ -1,8 +1,16 @@
 """The start-up byte-level BPE tokenizer: special tokens, UTF-8 round trips, determinism."""
 
 import pytest
+from tokenizers import pre_tokenizers
 
-from symmpo.train.tokenizer import SPECIAL_TOKENS, build_backend_tokenizer, build_tokenizer
+from symmpo.train.tokenizer import (
+    SPECIAL_TOKENS,
+    build_backend_tokenizer,
+    build_tokenizer,
+    byte_level_alphabet,
+    escape_invalid_utf8,
+    readable_decode,
+)
 
 ARBITRARY_TEXTS = [
     "héllo wörld 你好 🙂",
@@ -81,3 +89,58 @@ def test_padding_uses_the_pad_token(tok):
     batch = tok(["a", "abc"], padding=True)
     assert batch["input_ids"][0][-1] == tok.pad_token_id
     assert batch["attention_mask"][0][-1] == 0
+
+
+# -- readable_decode: generated ids to text without U+FFFD ---------------------------------------
+
+
+def byte_ids(tok, data: bytes) -> list[int]:
+    """The single-byte tokens of ``data``, one per byte (as a random model may emit them)."""
+    char = {b: c for c, b in byte_level_alphabet().items()}
+    return tok.convert_tokens_to_ids([char[b] for b in data])
+
+
+def test_byte_level_alphabet_is_the_tokenizers_one():
+    table = byte_level_alphabet()
+    assert sorted(table.values()) == list(range(256))
+    assert set(table) == set(pre_tokenizers.ByteLevel.alphabet())
+    assert table["Ġ"] == ord(" ") and table["Ċ"] == ord("\n") and table["a"] == ord("a")
+
+
+@pytest.mark.parametrize("text", ARBITRARY_TEXTS + ["a \ufffd b"])
+def test_readable_decode_matches_decode_on_valid_text(tok, text):
+    ids = tok.encode(text)
+    assert readable_decode(tok, ids) == tok.decode(ids, skip_special_tokens=True)
+    if not any(special in text for special in SPECIAL_TOKENS.values()):
+        assert readable_decode(tok, ids) == text
+
+
+def test_readable_decode_escapes_stray_bytes_instead_of_u_fffd(tok):
+    """The cause of the U+FFFD rows: the byte-level decoder replaces every byte that is not part
+    of valid UTF-8. Lone continuation bytes, a lead byte without its continuation and a cut
+    4-byte character stay visible as <0xNN>; the valid characters around them decode."""
+    data = b"ok " + b"\xab\xca" + b" red " + "🙂".encode()[:3] + "é".encode()
+    ids = [tok.bos_token_id, *byte_ids(tok, data), tok.eos_token_id]
+    assert tok.decode(ids, skip_special_tokens=True) == "ok \ufffd\ufffd red \ufffdé"
+    assert readable_decode(tok, ids) == "ok <0xAB><0xCA> red <0xF0><0x9F><0x99>é"
+
+
+def test_readable_decode_joins_characters_split_across_tokens(tok):
+    ids = byte_ids(tok, "你好 🙂".encode())  # every byte its own token
+    assert readable_decode(tok, ids) == "你好 🙂"
+
+
+def test_escape_invalid_utf8():
+    assert escape_invalid_utf8(b"") == ""
+    assert escape_invalid_utf8(b"\xff") == "<0xFF>"
+    assert escape_invalid_utf8(b"a\xc3") == "a<0xC3>"
+    assert escape_invalid_utf8(b"\xc3\xa9\x80z") == "é<0x80>z"
+
+
+def test_readable_decode_of_other_tokenizers_drops_u_fffd():
+    class SentencePieceLike:  # no byte-level backend: its decode is all there is
+        def decode(self, ids, skip_special_tokens=False):
+            assert skip_special_tokens
+            return "a\ufffd\ufffd b"
+
+    assert readable_decode(SentencePieceLike(), [5, 6]) == "a b"

@@ -9,6 +9,7 @@ import torch
 from train_script import load_train_script
 
 from symmpo import SymMPOConfig, symmpo_loss
+from symmpo.train.cli import UsageError
 from symmpo.train.collator import PreferenceCollator
 from symmpo.train.data import BadRecord, records_from_rows
 from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava, unwrap
@@ -30,7 +31,12 @@ def make_collator(tiny, loss="symmpo", max_length=2048):
     tokenizer, model, processor = tiny
     n_image = num_image_tokens(model.config)
     return PreferenceCollator(
-        tokenizer, processor, model.config.image_token_id, n_image, max_length=max_length, loss=loss
+        tokenizer,
+        processor,
+        model.config.image_token_id,
+        n_image,
+        max_length=max_length,
+        objective=loss,
     )
 
 
@@ -142,14 +148,39 @@ def test_bad_records_name_idx_and_field(tiny):
 
 def test_train_runs_logs_checkpoints_and_resumes_exactly(tmp_path):
     train = load_train_script()
-    full = train.main([*SMALL, "--output_dir", str(tmp_path / "full"), "--max_steps", "6",
-                       "--save_steps", "3", "--logging_steps", "1"])  # fmt: skip
+    full = train.main(
+        [
+            *SMALL,
+            "--output_dir",
+            str(tmp_path / "full"),
+            "--max_steps",
+            "6",
+            "--save_steps",
+            "3",
+            "--logging_steps",
+            "1",
+        ]
+    )
     rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    required = {"step", "loss", "grad_norm", "lr", "dpo", "pair", "margin", "anchor",
-                "accuracy_dpo", "accuracy_pair1", "accuracy_pair2", "reward_margin_dpo",
-                "reward_margin_pair1", "reward_margin_pair2", "tokens_per_s",
-                "peak_mem_mb"}  # fmt: skip
+    required = {
+        "step",
+        "loss",
+        "grad_norm",
+        "lr",
+        "dpo",
+        "pair",
+        "margin",
+        "anchor",
+        "accuracy_dpo",
+        "accuracy_pair1",
+        "accuracy_pair2",
+        "reward_margin_dpo",
+        "reward_margin_pair1",
+        "reward_margin_pair2",
+        "tokens_per_s",
+        "peak_mem_mb",
+    }
     assert required <= set(rows[0])
     ckpts = sorted(p.name for p in (tmp_path / "full").glob("checkpoint-*"))
     assert ckpts == ["checkpoint-3", "checkpoint-6"]
@@ -158,8 +189,20 @@ def test_train_runs_logs_checkpoints_and_resumes_exactly(tmp_path):
     # An interrupted run: the same settings, stopped after the checkpoint of step 3.
     part = tmp_path / "part"
     shutil.copytree(tmp_path / "full", part, ignore=shutil.ignore_patterns("checkpoint-6"))
-    resumed = train.main([*SMALL, "--output_dir", str(part), "--max_steps", "6",
-                          "--save_steps", "3", "--logging_steps", "1", "--resume"])  # fmt: skip
+    resumed = train.main(
+        [
+            *SMALL,
+            "--output_dir",
+            str(part),
+            "--max_steps",
+            "6",
+            "--save_steps",
+            "3",
+            "--logging_steps",
+            "1",
+            "--resume",
+        ]
+    )
     expected = [r["loss"] for r in full["history"][3:]]
     got = [r["loss"] for r in resumed["history"]]
     assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
@@ -182,8 +225,20 @@ def test_released_parquet_layout_trains_two_steps(tmp_path):
     path.mkdir()
     pq.write_table(pa.Table.from_pylist(rows), path / "train-00000.parquet")
     train = load_train_script()
-    result = train.main(["--data", str(path), "--heldout", "4", "--batch_size", "4",
-                         "--output_dir", str(tmp_path / "out"), "--max_steps", "2"])  # fmt: skip
+    result = train.main(
+        [
+            "--data",
+            str(path),
+            "--heldout",
+            "4",
+            "--batch_size",
+            "4",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+        ]
+    )
     assert len(result["history"]) == 2
     assert not (tmp_path / "out" / "ref_cache").exists()  # the logps column served
 
@@ -200,24 +255,53 @@ def test_jsonl_layout_with_image_paths(tmp_path):
         lines.append(json.dumps({k: v for k, v in row.items() if not k.startswith("scene")}))
     (tmp_path / "data.jsonl").write_text("\n".join(lines))
     train = load_train_script()
-    result = train.main(["--data", str(tmp_path / "data.jsonl"), "--heldout", "4",
-                         "--batch_size", "4", "--output_dir", str(tmp_path / "out"),
-                         "--max_steps", "2", "--ref", "model"])  # fmt: skip
+    result = train.main(
+        [
+            "--data",
+            str(tmp_path / "data.jsonl"),
+            "--heldout",
+            "4",
+            "--batch_size",
+            "4",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+            "--ref",
+            "model",
+        ]
+    )
     assert len(result["history"]) == 2
 
 
-@pytest.mark.parametrize("extra", [
-    ["--loss", "mdpo"],
-    ["--loss", "dpo", "--lora", "--ref", "lora"],
-    ["--forward", "shared", "--ref", "model"],
-    ["--forward", "shared", "--lora", "--ref", "lora", "--gradient_checkpointing"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--loss", "mdpo"],
+        ["--loss", "dpo", "--lora", "--ref", "lora"],
+        ["--forward", "shared", "--ref", "model"],
+        ["--forward", "shared", "--lora", "--ref", "lora", "--gradient_checkpointing"],
+    ],
+)
 def test_other_objectives_and_references(tmp_path, extra):
     train = load_train_script()
-    result = train.main([*SMALL, "--output_dir", str(tmp_path), "--max_steps", "2",
-                         "--lora_r", "4", "--lora_alpha", "8", *extra])  # fmt: skip
-    assert len(result["history"]) == 2 and all(torch.isfinite(torch.tensor(r["loss"]))
-                                               for r in result["history"])  # fmt: skip
+    result = train.main(
+        [
+            *SMALL,
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "2",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            *extra,
+        ]
+    )
+    assert len(result["history"]) == 2 and all(
+        torch.isfinite(torch.tensor(r["loss"])) for r in result["history"]
+    )
 
 
 def test_bad_record_stops_before_training(tmp_path):
@@ -230,8 +314,18 @@ def test_bad_record_stops_before_training(tmp_path):
     rows[5]["image_1"] = {"bytes": io.BytesIO(b"junk").getvalue(), "path": None}
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     train = load_train_script()
-    args = ["--data", str(tmp_path / "d.parquet"), "--heldout", "2", "--batch_size", "2",
-            "--output_dir", str(tmp_path / "out"), "--max_steps", "1"]  # fmt: skip
+    args = [
+        "--data",
+        str(tmp_path / "d.parquet"),
+        "--heldout",
+        "2",
+        "--batch_size",
+        "2",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "1",
+    ]
     with pytest.raises(BadRecord, match=r"idx=5: field 'image_1'"):
         train.main(args)
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
@@ -244,9 +338,12 @@ def save_tiny_checkpoint(folder, tiny):
 
     tokenizer, model, image_processor = tiny
     model.save_pretrained(folder)
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               patch_size=model.config.vision_config.patch_size,
-                               vision_feature_select_strategy="default")  # fmt: skip
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=model.config.vision_config.patch_size,
+        vision_feature_select_strategy="default",
+    )
     processor.save_pretrained(folder)
     return folder
 
@@ -255,8 +352,18 @@ def test_real_model_folder_loads_through_auto_classes(tmp_path, tiny):
     """--model_name_or_path: a LLaVA checkpoint folder (model + processor) loads offline."""
     folder = save_tiny_checkpoint(tmp_path / "llava-tiny", tiny)
     train = load_train_script()
-    result = train.main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "o"),
-                         "--max_steps", "2", "--gradient_checkpointing", *SMALL])  # fmt: skip
+    result = train.main(
+        [
+            "--model_name_or_path",
+            str(folder),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--max_steps",
+            "2",
+            "--gradient_checkpointing",
+            *SMALL,
+        ]
+    )
     assert len(result["history"]) == 2
 
 
@@ -282,7 +389,7 @@ def test_checkpoint_loads_with_the_attention_chosen_per_sub_model(tmp_path, tiny
 
 
 def test_reference_cache_resumes_and_keys_on_fingerprint(tmp_path, tiny):
-    from symmpo.train.objectives import score_batch
+    from symmpo.train.forwards import score_batch
     from symmpo.train.reference_cache import ReferenceCache, fingerprint
 
     collator = make_collator(tiny)
@@ -309,7 +416,7 @@ def test_reference_cache_resumes_and_keys_on_fingerprint(tmp_path, tiny):
 
 @pytest.mark.parametrize("loss", ["symmpo", "dpo"])
 def test_logits_path_scores_like_the_hidden_path(tiny, loss):
-    from symmpo.train.objectives import score_batch
+    from symmpo.train.forwards import score_batch
 
     batch = make_collator(tiny, loss)(records(2, seed=13))
     a = score_batch(tiny[1], batch, average=False)
@@ -331,15 +438,25 @@ def test_duplicate_idx_and_an_earlier_run_are_refused(tmp_path):
     rows[7]["idx"] = 2
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     train = load_train_script()
-    args = ["--data", str(tmp_path / "d.parquet"), "--heldout", "2", "--batch_size", "2",
-            "--max_steps", "1", "--eval_generate", "0"]  # fmt: skip
+    args = [
+        "--data",
+        str(tmp_path / "d.parquet"),
+        "--heldout",
+        "2",
+        "--batch_size",
+        "2",
+        "--max_steps",
+        "1",
+        "--eval_generate",
+        "0",
+    ]
     with pytest.raises(BadRecord, match=r"idx=2: field 'idx' is not unique"):
         train.main([*args, "--output_dir", str(tmp_path / "a")])
     assert (
         train.main([*args, "--output_dir", str(tmp_path / "b"), "--skip_bad_records"])["skipped"]
         == 1
     )
-    with pytest.raises(FileExistsError, match=r"holds an earlier run"):
+    with pytest.raises(UsageError, match=r"holds an earlier run"):
         train.main([*args, "--output_dir", str(tmp_path / "b"), "--skip_bad_records"])
 
 
@@ -353,9 +470,21 @@ def test_released_logps_are_sums_so_averaging_recomputes_the_reference(tmp_path)
         row.pop("scene_1"), row.pop("scene_2")
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     train = load_train_script()
-    train.main(["--data", str(tmp_path / "d.parquet"), "--heldout", "4", "--batch_size", "4",
-                "--output_dir", str(tmp_path / "o"), "--max_steps", "1",
-                "--average_log_prob"])  # fmt: skip
+    train.main(
+        [
+            "--data",
+            str(tmp_path / "d.parquet"),
+            "--heldout",
+            "4",
+            "--batch_size",
+            "4",
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--max_steps",
+            "1",
+            "--average_log_prob",
+        ]
+    )
     assert (tmp_path / "o" / "ref_cache").exists()  # per-token means were computed, not reused
 
 
@@ -375,5 +504,5 @@ def test_resume_keeps_the_saved_shared_attention_route(tmp_path, monkeypatch):
     assert state["args"]["shared_attention"] == "mask"
     assert len(list((out / "ref_cache").glob("*"))) == 1  # one reference pass, one cache file
     assert [r["step"] for r in resumed["history"]] == [2]
-    with pytest.raises(ValueError, match=r"trained with the mask route; resume it with"):
+    with pytest.raises(UsageError, match=r"trained with the mask route; allowed: mask or auto"):
         train.main([*args, "--max_steps", "3", "--resume", "--shared_attention", "varlen"])

@@ -145,11 +145,15 @@ def test_not_a_tensor(batch):
 
 BAD_INPUTS = {
     "label": (lambda labels, ref: labels.__setitem__((7, 4), 11), r"labels\[7, 4\] = 11"),
-    "empty": (lambda labels, ref: labels[5].__setitem__(slice(1, None), -100),
-              r"row 5 \(contrast_on_image of example 1\).*allow_empty"),
-    "ref": (lambda labels, ref: ref.__setitem__(3, float("nan")),
-            r"ref_logps holds non-finite values"),
-}  # fmt: skip
+    "empty": (
+        lambda labels, ref: labels[5].__setitem__(slice(1, None), -100),
+        r"row 5 \(contrast_on_image of example 1\).*allow_empty",
+    ),
+    "ref": (
+        lambda labels, ref: ref.__setitem__(3, float("nan")),
+        r"ref_logps holds non-finite values",
+    ),
+}
 
 
 @pytest.mark.parametrize("inplace_grad", [False, True])
@@ -164,8 +168,8 @@ def test_triton_with_gradients_raises_in_backward(batch, case, inplace_grad):
     spoil(labels, ref)
     x = logits.clone().requires_grad_(True)
     out = symmpo_loss(x, labels, ref, impl="triton", inplace_grad=inplace_grad)
-    for name in ("loss", "per_example_loss", "policy_logps", "rewards", "dpo", "pair",
-                 "margin", "anchor", "reward_margin_dpo"):  # fmt: skip
+    names = "loss per_example_loss policy_logps rewards dpo pair margin anchor reward_margin_dpo"
+    for name in names.split():
         assert torch.isnan(getattr(out, name)).all(), name
     with pytest.raises(ValueError, match=message):
         out.loss.backward(retain_graph=True)

@@ -137,12 +137,14 @@ def test_flash_kernels_get_the_autocast_dtype(monkeypatch):
     q, k, v = random_qkv(9, 2, 2, dtype=torch.float32)
     query, key, value = (t.transpose(0, 1)[None] for t in (q, k, v.bfloat16()))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = shared_varlen.varlen_shared_attention(None, query, key, value, None,
-                                                       symmpo_shared=layout)  # fmt: skip
+        out, _ = shared_varlen.varlen_shared_attention(
+            None, query, key, value, None, symmpo_shared=layout
+        )
     assert set(seen) == {(torch.bfloat16,) * 3} and out.dtype == torch.bfloat16
     seen.clear()
-    shared_varlen.varlen_shared_attention(None, query, key, value.float(), None,
-                                          symmpo_shared=layout)  # fmt: skip
+    shared_varlen.varlen_shared_attention(
+        None, query, key, value.float(), None, symmpo_shared=layout
+    )
     assert set(seen) == {(torch.float32,) * 3}
 
 
@@ -169,8 +171,10 @@ def test_flash_wrappers_follow_the_aten_schemas(monkeypatch):
     layout, _ = build_varlen_layout(packed_segments(PREFIXES, RESPONSES))
     n = sum(PREFIXES) + sum(map(sum, RESPONSES))
     q = torch.empty(n, 4, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
-    k, v = (torch.empty(n, 2, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
-            for _ in range(2))  # fmt: skip
+    k, v = (
+        torch.empty(n, 2, 64, dtype=torch.bfloat16, device="meta", requires_grad=True)
+        for _ in range(2)
+    )
     out, lse, _ = varlen_kernels.FLASH.forward(q, k, v, layout.self_attention, True, 0.125)
     assert lse.shape == (4, n) and lse.dtype == torch.float32
     out = SharedPrefixAttention.apply(q, k, v, layout.to("meta"), 0.125)

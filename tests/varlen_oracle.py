@@ -34,8 +34,7 @@ def shared_attention_oracle(q, k, v, prefix_lengths, response_lengths, scale):
     prefix_cu = [0]
     for n in prefix_lengths:
         prefix_cu.append(prefix_cu[-1] + n)
-    prefix_out = sdpa_varlen(q[:n_prefix], k[:n_prefix], v[:n_prefix], prefix_cu, prefix_cu,
-                             scale)  # fmt: skip
+    prefix_out = sdpa_varlen(q[:n_prefix], k[:n_prefix], v[:n_prefix], prefix_cu, prefix_cu, scale)
     keys, cu_q, cu_k, start = [], [0], [0], n_prefix
     for row, lengths in enumerate(response_lengths):
         own_prefix = torch.arange(prefix_cu[row], prefix_cu[row + 1])

@@ -47,9 +47,16 @@ def rng_state() -> dict:
 
 
 def save_checkpoint(
-    output_dir, step: int, model, optimizer, scheduler, state: dict, keep: int,
-    accelerator=None, engine=None,
-):  # fmt: skip
+    output_dir,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    state: dict,
+    keep: int,
+    accelerator=None,
+    engine=None,
+):
     acc = accelerator or _SingleProcess()
     output_dir = pathlib.Path(output_dir)
     final = output_dir / f"{PREFIX}{step}"
@@ -132,3 +139,21 @@ def load_checkpoint(path, model, optimizer, scheduler, rank: int = 0, accelerato
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((path / "trainer_state.json").read_text())
+
+
+def latest_state(output_dir) -> dict | None:
+    """The trainer state (step, data position, the run's arguments) of the latest complete
+    checkpoint in ``output_dir``, or None without one."""
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints:
+        return None
+    return json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+
+
+def saved_shared_attention(state: dict | None) -> str | None:
+    """The --shared_attention route a saved run trained with (runs saved before the choice
+    existed used the mask route), or None without a checkpoint or a shared forward."""
+    saved = (state or {}).get("args", {})
+    if saved.get("forward") != "shared":
+        return None
+    return saved.get("shared_attention", "mask")

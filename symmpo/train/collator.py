@@ -1,4 +1,7 @@
-"""Batches of kind-major sequences for one policy pass (SPEC.md's order), each distinct image once.
+"""Batches of kind-major sequences for one policy pass, each distinct image once.
+
+The sequences and their order are the objective's (``symmpo.train.objectives``; for SymMPO the
+five of docs/math.md#the-five-sequences).
 
 LLaVA-1.5's format: ``USER: <image>\\n{question} ASSISTANT: {answer}</s>``. The <image> token is
 expanded to the vision tower's number of patch features; prompt, image and padding positions
@@ -14,14 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from .data import BadRecord, PreferenceRecord, corrupt_image
+from .objectives import Objective, get_objective
 
-#: Per loss: the sequences of one example as (response field, image slot); slot 0 is the image
-#: m, slot 1 the contrastive image m' (symmpo) or the corrupted m (mdpo).
-SEQUENCES = {
-    "symmpo": (("chosen", 0), ("rejected", 0), ("contrast", 0), ("chosen", 1), ("contrast", 1)),
-    "dpo": (("chosen", 0), ("rejected", 0)),
-    "mdpo": (("chosen", 0), ("rejected", 0), ("chosen", 1)),
-}
 RESPONSE_FIELDS = {"chosen": "resp_1_w", "rejected": "resp_1_l", "contrast": "resp_2_w"}
 
 
@@ -38,8 +35,8 @@ class LlavaTemplate:
 
 class PreferenceCollator:
     """records -> {input_ids, attention_mask, labels (K*B, L), pixel_values (S*B, 3, H, W),
-    image_index (K*B,), idx, ref_logps (K*B,) or None, n_tokens} for K sequences and S image
-    slots per example (SEQUENCES[loss])."""
+    image_index (K*B,), idx, ref_logps (K*B,) or None, n_tokens} for the K sequences and S
+    image slots of one example that ``objective`` (an Objective or a ``--loss`` name) needs."""
 
     def __init__(
         self,
@@ -48,21 +45,19 @@ class PreferenceCollator:
         image_token_id: int,
         num_image_tokens: int,
         max_length: int = 2048,
-        loss: str = "symmpo",
+        objective: str | Objective = "symmpo",
         seed: int = 0,
         template: LlavaTemplate | None = None,
     ):
-        if loss not in SEQUENCES:
-            raise ValueError(f"loss must be one of {sorted(SEQUENCES)}, got {loss!r}")
+        self.objective = get_objective(objective)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.image_token_id = image_token_id
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
-        self.loss = loss
         self.seed = seed
         self.template = template or LlavaTemplate()
-        self.sequences = SEQUENCES[loss]
+        self.sequences = self.objective.sequences
         first = tokenizer.tokenize("a")
         self._answer_prefix = "" if first and first[0].startswith("\u2581") else " "
         pad = tokenizer.pad_token_id
@@ -111,18 +106,17 @@ class PreferenceCollator:
         for response, _ in self.sequences:
             self.encode(record, response)
         record.load_image("image")
-        if self.loss == "symmpo":
+        if self.objective.second_image == "contrast":
             record.load_image("contrast_image")
 
     # -- a batch ------------------------------------------------------------------------------
 
     def images(self, records: list[PreferenceRecord]) -> list:
         """Slot-major images: slot 0 of every example, then slot 1 (if the loss has one)."""
-        slots = 1 + max(slot for _, slot in self.sequences)
         images = [r.load_image("image") for r in records]
-        if slots == 1:
+        if self.objective.second_image is None:
             return images
-        if self.loss == "mdpo":
+        if self.objective.second_image == "corrupted":
             return images + [
                 corrupt_image(im, r.idx, self.seed) for im, r in zip(images, records, strict=True)
             ]
@@ -170,7 +164,7 @@ class PreferenceCollator:
         the prefix's last token, which every sequence of that prefix shares).
         """
         batch = len(records)
-        slots = 1 + max(slot for _, slot in self.sequences)
+        slots = self.objective.num_images
         rows = [[] for _ in range(slots * batch)]
         positions = [[] for _ in range(slots * batch)]
         segments = [[] for _ in range(slots * batch)]
@@ -197,9 +191,9 @@ class PreferenceCollator:
         pos = torch.zeros((len(rows), length), dtype=torch.long)
         seg = torch.full((len(rows), length), -1, dtype=torch.long)
         for r, (toks, p, g) in enumerate(zip(rows, positions, segments, strict=True)):
-            ids[r, : len(toks)], pos[r, : len(p)], seg[r, : len(g)] = (
-                torch.tensor(toks), torch.tensor(p), torch.tensor(g),
-            )  # fmt: skip
+            ids[r, : len(toks)] = torch.tensor(toks)
+            pos[r, : len(p)] = torch.tensor(p)
+            seg[r, : len(g)] = torch.tensor(g)
         gather_cols = torch.zeros((len(gather), span), dtype=torch.long)
         labels = torch.full((len(gather), span), -100, dtype=torch.long)
         for j, (_, cols, labs) in enumerate(gather):
@@ -217,7 +211,7 @@ class PreferenceCollator:
 
     def _ref_logps(self, records):
         """(K*B,) kind-major reference log-probs from the records' ``logps``, else None."""
-        if any(r.ref_logps is None for r in records) or self.loss == "mdpo":
+        if not self.objective.record_logps or any(r.ref_logps is None for r in records):
             return None
         kinds = range(len(self.sequences))  # symmpo: all five; dpo: the first two
         return torch.tensor([r.ref_logps[k] for k in kinds for r in records])

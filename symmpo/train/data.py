@@ -3,10 +3,10 @@ embedded synthetic set, and checking every record before training.
 
 A record has the released dataset's fields: ``idx, question, resp_1_w, resp_1_l, resp_2_w,
 image_1, image_2`` (images as ``{"bytes": ..., "path": ...}``; ``image_path_1/2`` as
-fallbacks), optionally ``logps``: the released preprocessing's five reference sums in SPEC.md's
-order (1_w, 1_l, 1_2, 2_w, 2_2). The JSONL layout uses the same field names with images given
-as paths (``image_path_1``, ``image_path_2``, or ``image_1``/``image_2`` as strings), relative
-to the JSONL file.
+fallbacks), optionally ``logps``: the released preprocessing's five reference sums in the
+order of docs/math.md#the-five-sequences (1_w, 1_l, 1_2, 2_w, 2_2). The JSONL layout uses the
+same field names with images given as paths (``image_path_1``, ``image_path_2``, or
+``image_1``/``image_2`` as strings), relative to the JSONL file.
 """
 
 from __future__ import annotations
@@ -195,8 +195,23 @@ def records_from_rows(rows: list[dict], skip_bad: bool = False):
     return records, skipped
 
 
-def split_heldout(records: list, heldout: int, seed: int):
-    """(train, heldout): a seeded random ``heldout`` records set apart."""
+def default_heldout(total: int) -> int:
+    """Records set apart for evaluation when --heldout is not given: a tenth of the data, at
+    most 64, and none for fewer than 10 records."""
+    return min(64, total // 10)
+
+
+def split_heldout(records: list, heldout: int | None, seed: int):
+    """(train, heldout): a seeded random ``heldout`` records set apart (default:
+    ``default_heldout``). Holding out every record is refused (UsageError naming --heldout)."""
+    heldout = default_heldout(len(records)) if heldout is None else heldout
+    if heldout >= len(records):
+        from .cli import UsageError
+
+        raise UsageError(
+            f"--heldout {heldout}: the data holds {len(records)} records, so none would be left "
+            "for training; allowed: fewer than the records (default: a tenth, at most 64)"
+        )
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     held = set(order[:heldout])
@@ -219,3 +234,37 @@ def corrupt_image(image: Image.Image, idx, seed: int) -> Image.Image:
             return image.crop((left, top, left + w, top + h)).resize((width, height))
     side = max(1, int(math.sqrt(area * 0.1)))
     return image.crop((0, 0, side, side)).resize((width, height))
+
+
+def check_records(records, collator, skip_bad: bool, seen: set | None = None):
+    """(good, bad): every record must have a unique idx, tokenize with a target left and have
+    readable images, else stop (BadRecord names the idx and field) or, with ``skip_bad``, skip
+    and count. ``seen`` carries the idx values of records checked before (another split)."""
+    good, bad = [], []
+    seen = set() if seen is None else seen
+    for record in records:
+        try:
+            if str(record.idx) in seen:
+                problem = "is not unique (the reference cache and the logs key records by idx)"
+                raise BadRecord(record.idx, "idx", problem)
+            seen.add(str(record.idx))
+            collator.check(record)
+            good.append(record)
+        except BadRecord as error:
+            if not skip_bad:
+                raise
+            bad.append(error)
+    return good, bad
+
+
+def batch_records(records: list, step: int, global_batch: int, seed: int) -> list:
+    """The examples of optimizer step ``step``: epochs are seeded permutations cut into global
+    batches, so any step is reached without replaying the earlier ones (what makes --resume
+    exact), and the order does not depend on the process count."""
+    import torch
+
+    per_epoch = len(records) // global_batch
+    epoch, offset = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(len(records), generator=generator)
+    return [records[i] for i in order[offset * global_batch : (offset + 1) * global_batch].tolist()]

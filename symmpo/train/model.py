@@ -58,15 +58,27 @@ def tiny_llava(tokenizer, image_size: int = 64, patch_size: int = 16, seed: int 
     )
 
     vision = CLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        image_size=image_size, patch_size=patch_size, projection_dim=64,
-    )  # fmt: skip
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=64,
+    )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -130,8 +142,10 @@ def apply_liger(model, device) -> None:
     The loss stays this library's: Liger's cross-entropy variants are left off. CUDA only.
     """
     if device.type != "cuda":
-        raise RuntimeError("--liger patches the model with Liger-Kernel's Triton kernels, which "
-                           "need a CUDA device; run without --liger on the CPU")  # fmt: skip
+        raise RuntimeError(
+            "--liger patches the model with Liger-Kernel's Triton kernels, which "
+            "need a CUDA device; run without --liger on the CPU"
+        )
     patch_with_liger(model)
 
 
@@ -142,9 +156,13 @@ def patch_with_liger(model) -> None:
     from liger_kernel.transformers import apply_liger_kernel_to_llava
 
     apply_liger_kernel_to_llava(
-        rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-        fused_linear_cross_entropy=False, model=unwrap(model),
-    )  # fmt: skip
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
+        model=unwrap(model),
+    )
 
 
 def num_image_tokens(config) -> int:

@@ -154,9 +154,17 @@ class SharedPrefixAttention(torch.autograd.Function):
             )
             if ctx.has_responses:
                 context_dq, context_dk, context_dv = kernels.backward(
-                    dout[n:], q[n:], k[:n], v[:n], out[n:], lse[:, n:],
-                    layout.prefix_context, False, scale, context_state,
-                )  # fmt: skip
+                    dout[n:],
+                    q[n:],
+                    k[:n],
+                    v[:n],
+                    out[n:],
+                    lse[:, n:],
+                    layout.prefix_context,
+                    False,
+                    scale,
+                    context_state,
+                )
                 dq[n:] += context_dq
                 dk[:n] += context_dk
                 dv[:n] += context_dv

@@ -6,12 +6,16 @@ any ``extra_corpus``. The byte-level alphabet is always in the vocabulary, so an
 encodes without unknown tokens and decodes back unchanged. The five special tokens take ids 0..4
 and are never split. No BOS/EOS is added automatically: ``tok("abc")["input_ids"]`` holds only
 the text's tokens (the collator adds BOS and EOS itself).
+
+``readable_decode`` decodes a model's output for people (evaluation answers): a byte-level
+tokenizer's ``decode`` turns every byte that is not part of valid UTF-8 into U+FFFD, and an
+untrained model emits such bytes constantly.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -103,3 +107,71 @@ def build_tokenizer(
         pad_token=SPECIAL_TOKENS["pad"],
         extra_special_tokens={"image_token": SPECIAL_TOKENS["image"]},
     )
+
+
+# -- decoding model output ----------------------------------------------------------------------
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """The byte-level (GPT-2) character of each byte -> that byte: printable Latin-1 bytes stand
+    for themselves, the other 68 are shifted to U+0100 and up (space is 'Ġ', newline 'Ċ')."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    shifted = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable}
+    table.update({chr(256 + i): b for i, b in enumerate(shifted)})
+    return table
+
+
+_BYTE_OF_CHAR = byte_level_alphabet()
+
+
+def _is_byte_level(tokenizer) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
+
+
+def escape_invalid_utf8(data: bytes) -> str:
+    """``data`` as UTF-8, each byte that is not part of a valid UTF-8 character written as
+    ``<0xNN>`` (the byte-fallback token notation of Llama-family tokenizers)."""
+    pieces = []
+    while True:
+        try:
+            pieces.append(data.decode("utf-8"))
+            return "".join(pieces)
+        except UnicodeDecodeError as error:
+            pieces.append(data[: error.start].decode("utf-8"))
+            pieces.extend(f"<0x{b:02X}>" for b in data[error.start : error.end])
+            data = data[error.end :]
+
+
+def readable_decode(tokenizer, ids: Sequence[int]) -> str:
+    """The text of generated token ids, special tokens skipped, without U+FFFD rows.
+
+    A byte-level BPE token is a run of bytes, not of characters: a character outside ASCII spans
+    several tokens, and a token can hold a lone lead or continuation byte. ``tokenizer.decode``
+    joins the bytes of all tokens and decodes them with replacement, so text a trained model
+    writes comes out whole, but the random tokens of an untrained (or diverging) model, which
+    are mostly such partial bytes, each become U+FFFD: the first evaluation's example answer
+    was a row of them.
+
+    Here the same bytes are decoded whole (characters split across tokens still join), and each
+    byte that is not part of a valid UTF-8 character is written ``<0xNN>``. Escaping rather than
+    dropping: the answer still shows that, and which, stray bytes the model produced (dropping
+    would glue the surrounding words together and hide it), the text stays printable ASCII where
+    the model's is, and the delimited form never merges with a neighbouring word when answers are
+    matched against object words. Valid text, U+FFFD included, decodes exactly as ``decode``.
+
+    Tokenizers that are not byte-level (sentencepiece with byte fallback, for instance) go
+    through ``tokenizer.decode``; the bytes behind its U+FFFD are not recoverable there, so those
+    characters are dropped.
+    """
+    ids = [int(i) for i in ids]
+    if not _is_byte_level(tokenizer):
+        return tokenizer.decode(ids, skip_special_tokens=True).replace("\ufffd", "")
+    data = bytearray()
+    for token in tokenizer.convert_ids_to_tokens(ids, skip_special_tokens=True):
+        if all(c in _BYTE_OF_CHAR for c in token):
+            data.extend(_BYTE_OF_CHAR[c] for c in token)
+        else:  # an added (non-byte-level) token: its text, as the ByteLevel decoder does
+            data.extend(token.encode("utf-8"))
+    return escape_invalid_utf8(bytes(data))

@@ -124,9 +124,22 @@ def flash_backward(dout, q, k, v, out, lse, seqs: VarlenSequences, causal, scale
     rng_state, unused = state
     # The kernel reads lse by raw pointer as a dense (H, T_q) array: no views.
     dq, dk, dv = torch.ops.aten._flash_attention_backward(
-        dout, q, k, v, out, lse.contiguous(), seqs.cu_q, seqs.cu_k, seqs.max_q, seqs.max_k,
-        0.0, causal, rng_state, unused, scale=scale,
-    )  # fmt: skip
+        dout,
+        q,
+        k,
+        v,
+        out,
+        lse.contiguous(),
+        seqs.cu_q,
+        seqs.cu_k,
+        seqs.max_q,
+        seqs.max_k,
+        0.0,
+        causal,
+        rng_state,
+        unused,
+        scale=scale,
+    )
     return dq, dk, dv
 
 

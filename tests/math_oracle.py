@@ -1,7 +1,8 @@
-"""An independent float64 NumPy transcription of ../shared/SPEC.md, loss and analytic gradient.
+"""An independent float64 NumPy transcription of docs/math.md: the loss and its analytic gradient.
 
 It shares no code with symmpo: loops over sequences and positions, numpy's logaddexp, and the
-gradient formulas of SPEC.md "Gradients" written out term by term.
+formulas of docs/math.md#sequence-log-probs, docs/math.md#the-loss and docs/math.md#gradients
+written out term by term.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def symmpo(
     anchor_weight=1.0,
     delta=0.0,
 ):
-    """policy, ref (5, B) -> (mean loss, dL/ds (5, B)) with the batch mean's 1/B included."""
+    """policy, ref (5, B) -> (mean loss, dL/ds (5, B)) with the batch mean's 1/B included
+    (docs/math.md#the-loss, docs/math.md#batch-mean)."""
     bc = beta if beta_contrast is None else beta_contrast
     policy = np.asarray(policy, np.float64)
     ref = np.asarray(ref, np.float64)
@@ -86,7 +88,8 @@ def symmpo(
 
 
 def logits_grad(logits, labels, grad_logps, n, lse, average=False, ignore_index=-100):
-    """SPEC.md: dL/dlogits[t, v] = g_k (1[v == y] - softmax_v) at targets, 0 elsewhere."""
+    """docs/math.md#gradients: dL/dlogits[t, v] = g_k (1[v == y] - softmax_v) at targets, 0
+    elsewhere."""
     logits = np.asarray(logits, dtype=np.float64)
     grad = np.zeros_like(logits)
     n_rows, seq_len, _ = logits.shape
@@ -102,7 +105,7 @@ def logits_grad(logits, labels, grad_logps, n, lse, average=False, ignore_index=
 
 
 def symmpo_from_logits(logits, labels, ref_logps, average=False, ignore_index=-100, **weights):
-    """(5B, T, V) logits -> (loss, dL/dlogits) per SPEC.md."""
+    """(5B, T, V) logits -> (loss, dL/dlogits) per docs/math.md."""
     s, n, lse = sequence_logps(logits, labels, average, ignore_index)
     batch = len(s) // 5
     loss, g = symmpo(s.reshape(5, batch), np.asarray(ref_logps).reshape(5, batch), **weights)

@@ -1,0 +1,110 @@
+"""Evaluation of a SymMPO run: preference accuracy and margins, hallucination metrics, curves.
+
+    python -m symmpo.evaluate --checkpoint out/symmpo-tiny/checkpoint-1200
+    python -m symmpo.evaluate --checkpoint CKPT --amber_dir AMBER/   # AMBER generative task
+    python -m symmpo.evaluate --checkpoint CKPT --chair_questions q.jsonl \\
+        --chair_annotations objects.jsonl [--chair_synonyms synonyms.json]   # Object HalBench
+    python -m symmpo.evaluate --chair_responses answers.jsonl --chair_annotations objects.jsonl
+
+Metrics:
+- preference accuracy on held-out records: how often the policy gives the preferred response the
+  higher log-prob (log p(y_w|m) > log p(y_l|m); for SymMPO also y_w over y_w' on m and y_w' over
+  y_w on m'), the reward accuracy beta(r_w - r_l) > 0, and the mean reward margin;
+- on the embedded synthetic set: greedy answers to held-out questions and the hallucination rate,
+  the fraction of answers naming a (colour, shape) absent from the scene;
+- CHAIR (Object HalBench): with the objects each answer mentions (words of a vocabulary,
+  synonyms mapped to their object), CHAIRs = answers with a hallucinated object / answers and
+  CHAIRi = hallucinated mentions / all mentions;
+- AMBER generative: CHAIR (hallucinated objects / mentioned objects over all answers), Cover
+  (truth objects mentioned / truth objects) and Hal (answers with a hallucinated object), with
+  objects matched by word after plural folding (AMBER's own script lemmatises with spaCy).
+
+Every evaluation appends one JSON line to ``<output_dir>/eval.jsonl``; the trainer's
+``plot_curves`` draws ``<output_dir>/curves.png`` from ``metrics.jsonl`` and ``eval.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+from .hallucination import amber_metrics, chair_metrics
+from .readers import load_item_images, read_amber, read_jsonl
+
+NO_SYNONYMS_WARNING = (
+    "warning: no --chair_synonyms: CHAIR's vocabulary is then only the objects named in "
+    "--chair_annotations, so an object no image holds is never counted as a hallucination; "
+    "pass the COCO synonym list for Object HalBench's numbers"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m symmpo.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", help="a checkpoint-<step> folder written by train.py")
+    parser.add_argument("--output_dir", help="where eval.jsonl goes (default: the run's folder)")
+    parser.add_argument("--amber_dir")
+    parser.add_argument("--chair_questions", help="JSONL {image_id, image, question}")
+    parser.add_argument("--chair_responses", help="JSONL {image_id, answer}: score given answers")
+    parser.add_argument("--chair_annotations", help="JSONL {image_id, objects}")
+    parser.add_argument("--chair_synonyms", help="JSON {object: [synonyms]}")
+    parser.add_argument("--limit", type=int, default=None, help="score the first N items only")
+    return parser
+
+
+def main(argv=None) -> dict:
+    """Run the evaluations the flags ask for, append the result to eval.jsonl, print and return
+    it."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.checkpoint and not args.chair_responses:
+        parser.error("give --checkpoint (a model to evaluate) or --chair_responses")
+    default_dir = pathlib.Path(args.checkpoint).parent if args.checkpoint else pathlib.Path(".")
+    out_dir = pathlib.Path(args.output_dir) if args.output_dir else default_dir
+    result: dict = {}
+    model = collator = None
+    if args.checkpoint:
+        from .checkpoint import evaluate_checkpoint
+
+        model, collator, run, result = evaluate_checkpoint(args.checkpoint)
+        result["step"] = run["step"]
+        result["checkpoint"] = str(args.checkpoint)
+    if args.chair_annotations:
+        annotations = {r["image_id"]: r["objects"] for r in read_jsonl(args.chair_annotations)}
+        synonyms = None
+        if args.chair_synonyms:
+            synonyms = json.loads(pathlib.Path(args.chair_synonyms).read_text())
+        else:
+            print(NO_SYNONYMS_WARNING, file=sys.stderr)
+        if args.chair_responses:
+            responses = {r["image_id"]: r["answer"] for r in read_jsonl(args.chair_responses)}
+        else:
+            items = read_jsonl(args.chair_questions)[: args.limit]
+            responses = _answer_items(model, collator, items, args.chair_questions, "image_id")
+        chair = chair_metrics(responses, annotations, synonyms)
+        result.update({f"chair_{k}": v for k, v in chair.items()})
+    if args.amber_dir:
+        items, notes = read_amber(args.amber_dir)
+        responses = _answer_items(model, collator, items[: args.limit], args.amber_dir, "id")
+        result.update({f"amber_{k}": v for k, v in amber_metrics(responses, notes).items()})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "eval.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def _answer_items(model, collator, items, base, key) -> dict:
+    """{item[key]: greedy answer} of question items whose images lie under ``base``."""
+    if model is None:
+        raise SystemExit("generating answers needs --checkpoint")
+    from .generation import generate_answers
+
+    images = load_item_images(items, base)
+    answers = generate_answers(model, collator, [i["question"] for i in items], images)
+    return {item[key]: a for item, a in zip(items, answers, strict=True)}

@@ -1,0 +1,153 @@
+"""Where the reference log-probs s_k^ref come from (``--ref``): one object per strategy.
+
+Each strategy is a callable ``reference(batch) -> (K*B,)`` float32 tensor, kind-major like the
+batch's sequences, with a ``prepare(...)`` step that runs once before training:
+
+- ``RecordLogps``: the data's own ``logps`` column (the released preprocessing's sums), read
+  from the batch; nothing is computed.
+- ``PrecomputedReference``: one pass of the initial model over every record before training,
+  cached on disk under a fingerprint of everything the numbers depend on (``ReferenceCache``).
+- ``AdaptersOffReference``: the policy itself with its LoRA adapters disabled, every step.
+- ``FrozenCopyReference``: a frozen copy of the initial model, every step.
+
+``choose_reference`` picks one from the flags and the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from .forwards import score_batch
+from .reference_cache import ReferenceCache, fingerprint
+
+
+@dataclass
+class Scorer:
+    """Sequence log-probs of a batch under a model, no gradient, as the policy is scored."""
+
+    forward: object
+    average: bool
+    logits_path: bool
+    device: torch.device
+    bf16: bool
+
+    def __call__(self, model, batch: dict) -> torch.Tensor:
+        with torch.no_grad(), autocast(self.device, self.bf16):
+            return score_batch(model, batch, self.average, self.forward, self.logits_path)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on ``device`` when ``enabled``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+class RecordLogps:
+    name = "the data's logps column"
+
+    def prepare(self, *args, **kwargs) -> str:
+        return "reference log-probs: the data's logps column (no reference pass)"
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        return batch["ref_logps"]
+
+
+class PrecomputedReference:
+    """One pass of the initial model (adapters disabled under LoRA), sharded over processes,
+    cached in ``folder`` under ``key``; resumed if interrupted."""
+
+    name = "precomputed"
+
+    def __init__(self, folder, key: str, scorer: Scorer, model, lora: bool):
+        self.cache = ReferenceCache(folder, key)
+        self.scorer, self.model, self.lora = scorer, model, lora
+
+    def prepare(self, records, collator, batch_size=16, rank=0, world=1, barrier=None) -> str:
+        """Score the records not cached yet (this process's share of them); a log line."""
+        model = self.model
+        adapters_off = model.disable_adapter if self.lora else contextlib.nullcontext
+        was_training = model.training
+        model.eval()
+        with adapters_off():
+            score = lambda batch: self.scorer(model, batch)
+            n = self.cache.fill_sharded(
+                records, collator, score, batch_size, rank, world, barrier or (lambda: None)
+            )
+        model.train(was_training)
+        return (
+            f"reference log-probs: {n} computed over {world} process(es), cache {self.cache.path}"
+        )
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        return self.cache.lookup(batch["idx"])
+
+
+class AdaptersOffReference:
+    name = "lora"
+
+    def __init__(self, model, scorer: Scorer):
+        self.model, self.scorer = model, scorer
+
+    def prepare(self, *args, **kwargs) -> str:
+        return "reference log-probs: the policy with its adapters disabled, every step"
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        with self.model.disable_adapter():
+            return self.scorer(self.model, batch)
+
+
+class FrozenCopyReference:
+    name = "model"
+
+    def __init__(self, model, scorer: Scorer):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.scorer = scorer
+
+    def prepare(self, *args, **kwargs) -> str:
+        return "reference log-probs: a frozen copy of the initial model, every step"
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        return self.scorer(self.model, batch)
+
+
+def cache_key(args, model_identity: dict, data_identity: dict, collator, bf16: bool, model) -> str:
+    """The fingerprint of everything a precomputed reference log-prob depends on."""
+    objective = collator.objective
+    return fingerprint(
+        model=model_identity,
+        data=data_identity,
+        template=collator.template.version,
+        max_length=args.max_length,
+        loss=objective.name,
+        average=args.average_log_prob,
+        seed=args.seed if objective.second_image == "corrupted" else None,  # mDPO's crops
+        bf16=bf16,
+        forward=args.forward,
+        shared_attention=args.shared_attention if args.forward == "shared" else None,
+        logits_path=args.logits_path,
+        liger=args.liger,
+        weights=str(next(model.parameters()).dtype),  # DeepSpeed's bf16 casts them
+    )
+
+
+def uses_record_logps(args, records, objective) -> bool:
+    """The data's logps column is the reference: every record has one, the objective's
+    sequences are all in it, and the sums are wanted (not averages)."""
+    all_have = all(r.ref_logps is not None for r in records)
+    return all_have and objective.record_logps and not args.average_log_prob
+
+
+def choose_reference(args, policy, records, collator, scorer: Scorer, cache_folder, key_parts):
+    """The strategy for ``--ref`` lora or precompute, once the policy is final (LoRA added,
+    wrapped by accelerate: the cache key reads its weights' dtype). ``--ref model`` is a
+    ``FrozenCopyReference`` made before LoRA is added. ``key_parts``: (model_identity,
+    data_identity) for the cache's key."""
+    if args.ref == "lora":
+        return AdaptersOffReference(policy, scorer)
+    if uses_record_logps(args, records, collator.objective):
+        return RecordLogps()
+    key = cache_key(args, *key_parts, collator, scorer.bf16, policy)
+    return PrecomputedReference(cache_folder, key, scorer, policy, args.lora)

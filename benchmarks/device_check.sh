@@ -40,7 +40,7 @@ for step in $STEPS; do
     env) run env bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null;
            python3 -c "import torch, triton; print(torch.__version__, triton.__version__,
                        torch.cuda.get_device_name() if torch.cuda.is_available() else \"cpu\")"' ;;
-    correctness) run correctness timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -rfEs ;;
+    correctness) run correctness timeout 200 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py -rfEs ;;
     tune) if [ "${TRITON_INTERPRET:-}" = 0 ]; then run tune timeout 90 python3 benchmarks/tune_logits_blocks.py; fi ;;
     logits) run logits timeout 330 python3 -m pytest -q -p no:cacheprovider --benchmark-disable \
               benchmarks/bench_logits_path.py ;;

@@ -1,4 +1,4 @@
-"""Correctness on a CUDA device at realistic shapes (skipped without one; run by
+"""Correctness on a CUDA device at realistic shapes (marked ``cuda``: skipped without one; run by
 benchmarks/device_check.sh with TRITON_INTERPRET=0)."""
 
 import pytest
@@ -7,10 +7,7 @@ from kernel_helpers import assert_error_within
 
 from symmpo import reference, sequence_logps, symmpo_loss
 
-pytestmark = pytest.mark.skipif(
-    not torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1",
-    reason="needs a CUDA device and compiled (not interpreted) Triton",
-)
+pytestmark = pytest.mark.cuda  # tests/conftest.py skips these without CUDA or when interpreted
 V = 32064
 
 

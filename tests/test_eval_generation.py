@@ -1,24 +1,16 @@
 """symmpo.eval.generation: greedy answers of an untrained tiny LLaVA decode to readable text."""
 
+import copy
+
 import pytest
 
 from symmpo.eval.generation import generate_answers
-from symmpo.train.collator import PreferenceCollator
-from symmpo.train.data import records_from_rows
-from symmpo.train.model import num_image_tokens, tiny_llava
-from symmpo.train.synthetic import make_synthetic_records
-from symmpo.train.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module")
-def untrained():
-    tokenizer = build_tokenizer()
-    model, processor = tiny_llava(tokenizer, seed=0)
-    collator = PreferenceCollator(
-        tokenizer, processor, model.config.image_token_id, num_image_tokens(model.config)
-    )
-    records = records_from_rows(make_synthetic_records(3, seed=1))[0]
-    return model.eval(), collator, records
+def untrained(tiny, make_collator, make_records):
+    model = copy.deepcopy(tiny[1])  # .eval() below: the shared model stays as built
+    return model.eval(), make_collator(), make_records(3, seed=1)
 
 
 def test_untrained_answers_have_no_replacement_characters(untrained):

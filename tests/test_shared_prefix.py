@@ -1,7 +1,6 @@
 """The shared-prefix forward is exact: same log-probs, loss and gradients as the naive one."""
 
 import copy
-import importlib.util
 
 import pytest
 import torch
@@ -9,22 +8,18 @@ from train_script import load_train_script
 
 from symmpo import SymMPOConfig
 from symmpo.train import shared_varlen
-from symmpo.train.collator import PreferenceCollator
-from symmpo.train.data import records_from_rows
 from symmpo.train.forwards import score_batch
-from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava
+from symmpo.train.model import naive_forward
 from symmpo.train.objectives import compute_loss
 from symmpo.train.shared_prefix import shared_attention_mask, shared_forward
 from symmpo.train.shared_varlen import use_varlen_attention
-from symmpo.train.synthetic import make_synthetic_records
-from symmpo.train.tokenizer import build_tokenizer
 from symmpo.train.varlen_kernels import REFERENCE, AttentionKernels
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    tokenizer = build_tokenizer()
-    model, processor = tiny_llava(tokenizer, seed=3)
+def tiny3(make_tiny):
+    """The tiny LLaVA of seed 3, in float32."""
+    tokenizer, model, processor = make_tiny(seed=3)
     return tokenizer, model.float(), processor
 
 
@@ -37,27 +32,25 @@ def routed(model, attention: str):
     return varlen
 
 
-def collate(tiny, loss="symmpo", n=3, seed=11):
-    tokenizer, model, processor = tiny
-    collator = PreferenceCollator(
-        tokenizer,
-        processor,
-        model.config.image_token_id,
-        num_image_tokens(model.config),
-        objective=loss,
-    )
-    return collator(records_from_rows(make_synthetic_records(n, seed=seed))[0])
+@pytest.fixture
+def collate(tiny3, make_collator, make_records):
+    """collate(loss="symmpo", n=3, seed=11) -> a batch of n synthetic examples for tiny3."""
+
+    def run(loss="symmpo", n=3, seed=11):
+        return make_collator(loss, tiny=tiny3)(make_records(n, seed=seed))
+
+    return run
 
 
 @pytest.mark.parametrize("attention", ["mask", "varlen"])
 @pytest.mark.parametrize("loss", ["symmpo", "dpo", "mdpo"])
-def test_per_sequence_logps_match_on_random_inputs(tiny, loss, attention, monkeypatch):
-    model = copy.deepcopy(tiny[1])
+def test_per_sequence_logps_match_on_random_inputs(tiny3, collate, loss, attention, monkeypatch):
+    model = copy.deepcopy(tiny3[1])
     torch.manual_seed(0)
     with torch.no_grad():  # random weights, scaled up so the comparison is not trivially flat
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    batch = collate(tiny, loss, n=4, seed=21)
+    batch = collate(loss, n=4, seed=21)
     naive = score_batch(model, batch, average=False, forward=naive_forward)
     calls = []
     counting = AttentionKernels(
@@ -72,12 +65,12 @@ def test_per_sequence_logps_match_on_random_inputs(tiny, loss, attention, monkey
 
 
 @pytest.mark.parametrize("attention", ["mask", "varlen"])
-def test_loss_and_gradients_match(tiny, attention):
-    batch = collate(tiny)
+def test_loss_and_gradients_match(tiny3, collate, attention):
+    batch = collate()
     ref = -torch.rand(15) * 30
     results = {}
     for name, forward in (("naive", naive_forward), ("shared", shared_forward)):
-        model = copy.deepcopy(tiny[1])
+        model = copy.deepcopy(tiny3[1])
         if name == "shared":
             model = routed(model, attention)
         out = compute_loss(model, batch, ref, "symmpo", SymMPOConfig(), forward=forward)
@@ -149,27 +142,6 @@ def test_one_train_step_naive_vs_shared(tmp_path, extra):
     naive, shared = runs["naive"]["history"][0], runs["shared"]["history"][0]
     assert abs(shared["loss"] - naive["loss"]) <= 1e-4 * abs(naive["loss"])
     assert abs(shared["grad_norm"] - naive["grad_norm"]) <= 1e-3 * naive["grad_norm"]
-
-
-def test_flash_attn_installed_keeps_sdpa_for_the_shared_language_model(monkeypatch):
-    """With flash-attn on CUDA, --forward shared loads the language model with sdpa (its 4-D
-    mask) and the vision tower with flash-attention; other runs use flash-attention."""
-
-    from symmpo.train import model as model_module
-
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        model_module.importlib.util,
-        "find_spec",
-        lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a),
-    )
-    assert model_module.attention_implementation(cuda) == "flash_attention_2"
-    assert model_module.attention_implementation(cuda, shared_prefix=True) == {
-        "text_config": "sdpa",
-        "vision_config": "flash_attention_2",
-    }
-    assert model_module.attention_implementation(cpu, shared_prefix=True) == "sdpa"
 
 
 def test_shared_attention_needs_the_shared_forward(tmp_path):

@@ -1,6 +1,6 @@
 """Independent references for the varlen attention: sdpa one sequence at a time, with every
 response's keys gathered explicitly (what the shared-prefix attention avoids), autograd for
-the gradients."""
+the gradients; and the tests' seeded random inputs (random_qkv)."""
 
 import torch
 import torch.nn.functional as F
@@ -63,3 +63,11 @@ def packed_segments(prefix_lengths, response_lengths):
             segments[row, start : start + n] = k
             start += n
     return segments
+
+
+def random_qkv(n, heads, kv_heads, dim=8, dtype=torch.float64, seed=0):
+    """Random q (n, heads, dim), k and v (n, kv_heads, dim) from a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, heads, dim, generator=gen, dtype=dtype)
+    k, v = (torch.randn(n, kv_heads, dim, generator=gen, dtype=dtype) for _ in range(2))
+    return q, k, v

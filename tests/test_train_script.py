@@ -1,4 +1,5 @@
-"""The reference trainer's pieces and train.py end to end on the tiny default (CPU, seconds)."""
+"""train.py end to end on the tiny default (CPU, seconds): logging, checkpoints and exact
+resumption, the data layouts, the objectives and references, a real model folder, bad records."""
 
 import io
 import json
@@ -8,142 +9,11 @@ import pytest
 import torch
 from train_script import load_train_script
 
-from symmpo import SymMPOConfig, symmpo_loss
 from symmpo.train.cli import UsageError
-from symmpo.train.collator import PreferenceCollator
-from symmpo.train.data import BadRecord, records_from_rows
-from symmpo.train.model import naive_forward, num_image_tokens, tiny_llava, unwrap
-from symmpo.train.objectives import compute_loss
+from symmpo.train.data import BadRecord
 from symmpo.train.synthetic import make_synthetic_records
-from symmpo.train.tokenizer import build_tokenizer
 
 SMALL = ["--n_train", "24", "--heldout", "8", "--batch_size", "4", "--eval_batch_size", "8"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    tokenizer = build_tokenizer()
-    model, processor = tiny_llava(tokenizer, seed=0)
-    return tokenizer, model, processor
-
-
-def make_collator(tiny, loss="symmpo", max_length=2048):
-    tokenizer, model, processor = tiny
-    n_image = num_image_tokens(model.config)
-    return PreferenceCollator(
-        tokenizer,
-        processor,
-        model.config.image_token_id,
-        n_image,
-        max_length=max_length,
-        objective=loss,
-    )
-
-
-def records(n=3, seed=0):
-    return records_from_rows(make_synthetic_records(n, seed=seed))[0]
-
-
-def test_collator_sequences_decode_to_their_responses(tiny):
-    tokenizer = tiny[0]
-    recs = records(3)
-    batch = make_collator(tiny)(recs)
-    fields = ["chosen", "rejected", "contrast", "chosen", "contrast"]
-    assert batch["input_ids"].shape[0] == 15
-    for k, field in enumerate(fields):
-        for i, record in enumerate(recs):
-            row = k * 3 + i
-            labels = batch["labels"][row]
-            targets = labels[labels != -100].tolist()
-            assert targets[-1] == tokenizer.eos_token_id
-            assert tokenizer.decode(targets[:-1]).strip() == getattr(record, field)
-            first = int((labels != -100).nonzero()[0])
-            prompt = tokenizer.decode(batch["input_ids"][row, :first].tolist())
-            assert record.question in prompt and prompt.rstrip().endswith("ASSISTANT:")
-            assert batch["image_index"][row] == (i if k < 3 else 3 + i)
-    assert batch["pixel_values"].shape[0] == 6
-    n_image = (batch["input_ids"] == tiny[1].config.image_token_id).sum(-1)
-    assert torch.all(n_image == num_image_tokens(tiny[1].config))
-
-
-def test_vision_tower_sees_2b_images(tiny):
-    model = tiny[1]
-    seen = []
-    hook = unwrap(model).model.vision_tower.register_forward_hook(
-        lambda module, args, out: seen.append(args[0].shape[0])
-    )
-    try:
-        naive_forward(model, make_collator(tiny)(records(3)))
-    finally:
-        hook.remove()
-    assert seen == [6]
-
-
-def test_trainer_loss_equals_symmpo_loss_on_plain_forward_logits(tiny):
-    model = tiny[1].float().eval()
-    batch = make_collator(tiny)(records(2))
-    ref = -torch.rand(10) * 50
-    config = SymMPOConfig(beta=0.3, pair_weight=0.7)
-    ours = compute_loss(model, batch, ref, "symmpo", config)
-    logits = model(
-        input_ids=batch["input_ids"],
-        pixel_values=batch["pixel_values"][batch["image_index"]],
-        attention_mask=batch["attention_mask"],
-    ).logits
-    plain = symmpo_loss(logits, batch["labels"], ref, config=config)
-    assert ours.loss.item() == pytest.approx(plain.loss.item(), rel=1e-5, abs=1e-6)
-    torch.testing.assert_close(ours.policy_logps, plain.policy_logps, rtol=1e-5, atol=1e-4)
-
-
-def test_fixed_batch_overfits():
-    tokenizer = build_tokenizer()
-    model, processor = tiny_llava(tokenizer, seed=1)
-    collator = make_collator((tokenizer, model, processor))
-    batch = collator(records(4, seed=3))
-    ref = torch.zeros(20)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(25):
-        out = compute_loss(model, batch, ref, "symmpo", SymMPOConfig())
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(out.loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
-
-
-@pytest.mark.parametrize("loss", ["dpo", "mdpo"])
-def test_baseline_losses_through_the_collator(tiny, loss):
-    batch = make_collator(tiny, loss)(records(2))
-    kinds = {"dpo": 2, "mdpo": 3}[loss]
-    assert (
-        batch["input_ids"].shape[0] == 2 * kinds
-        and batch["pixel_values"].shape[0] == 4 - (loss == "dpo") * 2
-    )
-    out = compute_loss(tiny[1], batch, torch.zeros(2 * kinds), loss, SymMPOConfig())
-    out.loss.backward()
-    assert torch.isfinite(out.loss)
-
-
-def test_bad_records_name_idx_and_field(tiny):
-    collator = make_collator(tiny)
-    rows = make_synthetic_records(2)
-    missing = dict(rows[0])
-    del missing["resp_1_l"]
-    with pytest.raises(BadRecord, match=r"idx=0: field 'resp_1_l' is missing"):
-        records_from_rows([missing])
-    empty = dict(rows[0], resp_2_w="   ")
-    with pytest.raises(BadRecord, match=r"idx=0: field 'resp_2_w' is empty"):
-        records_from_rows([empty])
-    broken = dict(rows[1], image_2={"bytes": b"not a png", "path": None})
-    record = records_from_rows([broken])[0][0]
-    with pytest.raises(BadRecord, match=r"idx=1: field 'image_2' is not a readable image"):
-        collator.check(record)
-    short = make_collator(tiny, max_length=10)
-    with pytest.raises(BadRecord, match=r"idx=0: field 'resp_1_w' has no target token left"):
-        short.check(records(1)[0])
-    kept, skipped = records_from_rows([missing, rows[1]], skip_bad=True)
-    assert len(kept) == 1 and len(skipped) == 1
 
 
 def test_train_runs_logs_checkpoints_and_resumes_exactly(tmp_path):
@@ -332,25 +202,9 @@ def test_bad_record_stops_before_training(tmp_path):
     assert train.main([*args, "--skip_bad_records"])["skipped"] == 1
 
 
-def save_tiny_checkpoint(folder, tiny):
-    """The tiny model and its processor as a LLaVA checkpoint folder."""
-    from transformers import LlavaProcessor
-
-    tokenizer, model, image_processor = tiny
-    model.save_pretrained(folder)
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=model.config.vision_config.patch_size,
-        vision_feature_select_strategy="default",
-    )
-    processor.save_pretrained(folder)
-    return folder
-
-
-def test_real_model_folder_loads_through_auto_classes(tmp_path, tiny):
+def test_real_model_folder_loads_through_auto_classes(tmp_path, tiny_checkpoint):
     """--model_name_or_path: a LLaVA checkpoint folder (model + processor) loads offline."""
-    folder = save_tiny_checkpoint(tmp_path / "llava-tiny", tiny)
+    folder = tiny_checkpoint
     train = load_train_script()
     result = train.main(
         [
@@ -365,67 +219,6 @@ def test_real_model_folder_loads_through_auto_classes(tmp_path, tiny):
         ]
     )
     assert len(result["history"]) == 2
-
-
-def test_checkpoint_loads_with_the_attention_chosen_per_sub_model(tmp_path, tiny, monkeypatch):
-    """build_policy hands attention_implementation's per-sub-config choice (as with flash-attn
-    installed and the shared-prefix forward) to from_pretrained."""
-    from symmpo.train import model as model_module
-
-    folder = save_tiny_checkpoint(tmp_path / "llava-tiny", tiny)
-    asked = []
-
-    def choose(device, shared_prefix=False):
-        asked.append(shared_prefix)
-        return {"text_config": "sdpa", "vision_config": "eager"} if shared_prefix else "eager"
-
-    monkeypatch.setattr(model_module, "attention_implementation", choose)
-    shared, *_ = model_module.build_policy(str(folder), 0, torch.device("cpu"), False, True)
-    plain, *_ = model_module.build_policy(str(folder), 0, torch.device("cpu"), False)
-    assert asked == [True, False]
-    assert shared.config.text_config._attn_implementation == "sdpa"
-    assert shared.config.vision_config._attn_implementation == "eager"
-    assert plain.config.text_config._attn_implementation == "eager"
-
-
-def test_reference_cache_resumes_and_keys_on_fingerprint(tmp_path, tiny):
-    from symmpo.train.forwards import score_batch
-    from symmpo.train.reference_cache import ReferenceCache, fingerprint
-
-    collator = make_collator(tiny)
-    recs = records(5, seed=9)
-    calls = []
-
-    def score(batch):
-        calls.append(len(batch["idx"]))
-        return score_batch(tiny[1], batch, average=False)
-
-    key = fingerprint(model="m", max_length=2048)
-    assert key != fingerprint(model="m", max_length=1024)
-    cache = ReferenceCache(tmp_path, key)
-    assert cache.fill(recs[:3], collator, score, batch_size=2) == 3
-    lines = cache.path.read_text().splitlines()
-    cache.path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # interrupted mid-line
-    resumed = ReferenceCache(tmp_path, key)
-    assert resumed.fill(recs, collator, score, batch_size=2) == 3  # idx 2 (torn), 3, 4
-    again = ReferenceCache(tmp_path, key)
-    assert again.missing(recs) == []
-    expected = score_batch(tiny[1], collator(recs), average=False)
-    torch.testing.assert_close(again.lookup([r.idx for r in recs]), expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("loss", ["symmpo", "dpo"])
-def test_logits_path_scores_like_the_hidden_path(tiny, loss):
-    from symmpo.train.forwards import score_batch
-
-    batch = make_collator(tiny, loss)(records(2, seed=13))
-    a = score_batch(tiny[1], batch, average=False)
-    b = score_batch(tiny[1], batch, average=False, logits_path=True)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
-    ref = torch.zeros(batch["input_ids"].shape[0])
-    x = compute_loss(tiny[1], batch, ref, loss, SymMPOConfig())
-    y = compute_loss(tiny[1], batch, ref, loss, SymMPOConfig(), logits_path=True)
-    assert x.loss.item() == pytest.approx(y.loss.item(), rel=1e-5)
 
 
 def test_duplicate_idx_and_an_earlier_run_are_refused(tmp_path):

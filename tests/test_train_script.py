@@ -299,3 +299,32 @@ def test_resume_keeps_the_saved_shared_attention_route(tmp_path, monkeypatch):
     assert [r["step"] for r in resumed["history"]] == [2]
     with pytest.raises(UsageError, match=r"trained with the mask route; allowed: mask or auto"):
         train.main([*args, "--max_steps", "3", "--resume", "--shared_attention", "varlen"])
+
+
+def files_and_contents(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_each_result_prints_once_and_the_run_says_where_it_saved(tmp_path, capsys):
+    out = tmp_path / "run"
+    load_train_script().main([*SMALL, "--max_steps", "2", "--output_dir", str(out)])
+    printed = capsys.readouterr().out
+    assert printed.count("held-out before training:") == 1
+    assert printed.count("held-out after step 2:") == 1
+    assert printed.count("held-out preference accuracy") == 1
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith(f"saved in {out}:")
+    for name in ("checkpoint-2", "metrics.jsonl", "eval.jsonl", "curves.png"):
+        assert name in last and (out / name).exists(), name
+
+
+def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*SMALL, "--max_steps", "2", "--output_dir", str(out)]
+    load_train_script().main(args)
+    before = files_and_contents(out)
+    capsys.readouterr()
+    result = load_train_script().main([*args, "--resume"])
+    assert result["finished"] and result["step"] == 2
+    assert "finished at step 2" in capsys.readouterr().out
+    assert files_and_contents(out) == before

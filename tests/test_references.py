@@ -1,0 +1,70 @@
+"""The reference strategies of symmpo/train/references.py against direct scoring."""
+
+import copy
+
+import torch
+
+from symmpo.train.cli import build_parser
+from symmpo.train.forwards import FORWARDS, score_batch
+from symmpo.train.references import (
+    FrozenCopyReference,
+    PrecomputedReference,
+    RecordLogps,
+    Scorer,
+    choose_reference,
+    uses_record_logps,
+)
+
+
+def cpu_scorer() -> Scorer:
+    return Scorer(FORWARDS["naive"], False, False, torch.device("cpu"), False)
+
+
+def test_precomputed_reference_equals_scoring_the_initial_model(
+    tmp_path, tiny, make_collator, make_records
+):
+    model = copy.deepcopy(tiny[1]).eval()
+    collator, records = make_collator(), make_records(5, seed=4)
+    args = build_parser().parse_args([])
+    reference = choose_reference(
+        args, model, records, collator, cpu_scorer(), tmp_path, ({"tiny": 0}, {"test": 1})
+    )
+    assert isinstance(reference, PrecomputedReference)
+    assert "5 computed" in reference.prepare(records, collator, batch_size=2)
+    batch = collator(records[1:4])
+    torch.testing.assert_close(reference(batch), score_batch(model, batch, average=False))
+    again = choose_reference(
+        args, model, records, collator, cpu_scorer(), tmp_path, ({"tiny": 0}, {"test": 1})
+    )
+    assert "0 computed" in again.prepare(records, collator)  # the cache on disk served
+
+
+def test_frozen_copy_keeps_the_initial_weights(tiny, make_collator, make_records):
+    policy = copy.deepcopy(tiny[1]).eval()
+    collator = make_collator()
+    batch = collator(make_records(2, seed=6))
+    initial = score_batch(policy, batch, average=False)
+    reference = FrozenCopyReference(policy, cpu_scorer())
+    with torch.no_grad():
+        policy.lm_head.weight.mul_(1.5)  # the policy moves on
+    assert not torch.allclose(score_batch(policy, batch, average=False), initial)
+    torch.testing.assert_close(reference(batch), initial)
+
+
+def test_record_logps_serve_only_sums_of_the_objectives_sequences(make_collator, make_records):
+    records = make_records(3, seed=2)
+    for record in records:
+        record.ref_logps = [-1.0, -2.0, -3.0, -4.0, -5.0]
+    args = build_parser().parse_args([])
+    collator = make_collator()
+    assert uses_record_logps(args, records, collator.objective)
+    batch = collator(records)
+    assert torch.equal(
+        RecordLogps()(batch),
+        torch.tensor([-1.0, -1, -1, -2, -2, -2, -3, -3, -3, -4, -4, -4, -5, -5, -5]),
+    )
+    assert not uses_record_logps(args, records, make_collator("mdpo").objective)  # cropped m
+    averaged = build_parser().parse_args(["--average_log_prob"])
+    assert not uses_record_logps(averaged, records, collator.objective)
+    records[0].ref_logps = None
+    assert not uses_record_logps(args, records, collator.objective)

@@ -151,3 +151,15 @@ def test_script_prints_one_line_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert_one_line(proc.stderr, "--batch_size", "0")
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_record_is_one_line_with_status_1(tmp_path, capsys):
+    path = write_jsonl_data(tmp_path, 12)
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[3])
+    record["resp_1_w"] = ""
+    lines[3] = json.dumps(record)
+    path.write_text("\n".join(lines))
+    status, err = run_train(["--data", str(path), "--output_dir", str(tmp_path / "out")], capsys)
+    assert status == 1
+    assert_one_line(err, f"idx={record['idx']}", "resp_1_w", "--skip_bad_records")

@@ -87,28 +87,19 @@ def main(argv=None) -> dict:
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     # The reference pass comes after prepare (under ZeRO-3 the parameters are only gathered by
     # the engine's hooks) and before any optimizer step: it scores the initial model.
-    records = data.train + data.heldout
+    records, cache = data.train + data.heldout, args.ref_cache_dir or out_dir / "ref_cache"
+    identities = (model_identity, data.identity)  # the precomputed cache's key
     reference = frozen or choose_reference(
-        args,
-        model,
-        records,
-        collator,
-        scorer,
-        args.ref_cache_dir or out_dir / "ref_cache",
-        (model_identity, data.identity),
+        args, model, records, collator, scorer, cache, identities
     )
-    log(
-        reference.prepare(
-            records, collator, args.eval_batch_size, rank, world, accelerator.wait_for_everyone
-        )
-    )
+    barrier = accelerator.wait_for_everyone
+    log(reference.prepare(records, collator, args.eval_batch_size, rank, world, barrier))
 
     start_step = 0
     if saved is not None:
         checkpoint = list_checkpoints(out_dir)[-1]
-        start_step = load_checkpoint(checkpoint, model, optimizer, scheduler, rank, accelerator)[
-            "step"
-        ]
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, rank, accelerator)
+        start_step = state["step"]
         log(f"resumed from {checkpoint} at step {start_step}")
     elif args.resume:
         log(f"--resume: no checkpoint in {out_dir} yet, starting from step 0")

@@ -15,13 +15,14 @@ TRAIN = [
     "pillow>=10",
     "tqdm>=4.60",
     "tokenizers>=0.20",
+    "matplotlib>=3.7",  # the run's curves.png
 ]
 BENCH = [
     "pytest-benchmark>=4.0",
     "liger-kernel>=0.5",
     "packaging",  # liger-kernel imports it without declaring it
     "cut-cross-entropy>=25.1",
-    "matplotlib>=3.7",
+    "matplotlib>=3.7",  # plot_end_to_end.py
 ]
 
 setup(

@@ -3,6 +3,8 @@
 from symmpo import symmpo_loss
 out = symmpo_loss(logits, labels, ref_logps)   # logits (5B, T, V), kind-major
 out.loss.backward()
+
+The loss, its defaults and its gradients: docs/math.md.
 """
 
 from .config import SymMPOConfig

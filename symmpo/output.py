@@ -1,4 +1,5 @@
-"""Result objects of the loss functions: a differentiable ``loss`` plus detached metrics."""
+"""Result objects of the loss functions: a differentiable ``loss`` plus detached metrics
+(docs/math.md#metrics: term means, rewards, the preferences' accuracies and margins)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Correctness on a CUDA device at realistic shapes (marked ``cuda``: skipped without one; run by
-benchmarks/device_check.sh with TRITON_INTERPRET=0)."""
+benchmarks/device_check.sh with TRITON_INTERPRET=0), against the definitions of docs/math.md."""
 
 import pytest
 import torch

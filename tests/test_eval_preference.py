@@ -1,5 +1,6 @@
 """symmpo.eval.preference: the held-out metrics come from the objective's comparisons, with the
-names and values the string-compared version reported (checked against it, written out here)."""
+names and values the string-compared version reported (checked against it, written out here);
+the metrics are defined in docs/math.md#metrics."""
 
 import contextlib
 from types import SimpleNamespace

@@ -1,5 +1,5 @@
 """symmpo.train.objectives: compute_loss equals symmpo_loss on the model's logits, trains, and
-runs the baselines through the collator."""
+runs the baselines through the collator (docs/math.md#the-loss, #baselines)."""
 
 import copy
 

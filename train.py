@@ -32,34 +32,45 @@ from symmpo.train.build import (
     resolve_defaults,
     seed_everything,
 )
-from symmpo.train.checkpoint import latest_state, list_checkpoints, load_checkpoint, save_checkpoint
-from symmpo.train.cli import parse_args, run_main
+from symmpo.train.checkpoint import (
+    latest_state,
+    list_checkpoints,
+    load_checkpoint,
+    resumable_checkpoint,
+    save_checkpoint,
+)
+from symmpo.train.cli import check_combinations, given_flags, parse_args, run_main
 from symmpo.train.data import batch_records
 from symmpo.train.distributed import fill_deepspeed_sizes, make_accelerator
 from symmpo.train.forwards import FORWARDS
 from symmpo.train.model import add_lora, lora_inputs_uncast
 from symmpo.train.objectives import PolicyStep
 from symmpo.train.references import FrozenCopyReference, Scorer, autocast, choose_reference
+from symmpo.train.resume import continue_run
+from symmpo.train.run_lock import RunLock
 from symmpo.train.run_log import append_jsonl, keep_rows, mean_over_processes, peak_memory_mb
+from symmpo.train.update_guard import UpdateGuard
 
 
 def main(argv=None) -> dict:
     # -- settings: every flag checked before any work (symmpo/train/cli.py) ---------------------
-    args = resolve_defaults(parse_args(argv, __doc__))
+    args = parse_args(argv, __doc__)
     out_dir = pathlib.Path(args.output_dir)
     saved = latest_state(out_dir) if args.resume else None
-    if saved is not None:  # a finished run stays as it is
-        target = args.max_steps or saved["args"].get("max_steps")
-        if saved["step"] >= target:
-            print(
-                f"the run in {out_dir} finished at step {saved['step']} (--max_steps "
-                f"{target}): nothing to do; its results are in {out_dir}"
-            )
-            return {"history": [], "finished": True, "step": saved["step"]}
+    if saved is not None:  # the same run: its saved flags; one that would change it is refused
+        args = continue_run(args, given_flags(argv), saved["args"])
+    args = resolve_defaults(check_combinations(args))
+    if saved is not None and saved["step"] >= (args.max_steps or 0):
+        print(
+            f"the run in {out_dir} finished at step {saved['step']} (--max_steps "
+            f"{args.max_steps}): nothing to do; its results are in {out_dir}"
+        )
+        return {"history": [], "finished": True, "step": saved["step"]}
     accelerator = make_accelerator(args)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *a, **k: None)
+    lock = RunLock(out_dir, log) if is_main else None  # one writer per output folder
     seed_everything(args.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     bf16 = device.type == "cuda" and not args.no_bf16
@@ -95,17 +106,17 @@ def main(argv=None) -> dict:
     barrier = accelerator.wait_for_everyone
     log(reference.prepare(records, collator, args.eval_batch_size, rank, world, barrier))
 
-    start_step = 0
-    if saved is not None:
-        checkpoint = list_checkpoints(out_dir)[-1]
+    start_step, skipped = 0, 0
+    checkpoint = resumable_checkpoint(out_dir, log, accelerator) if args.resume else None
+    if checkpoint is not None:  # the newest that verifies; damaged ones reported, moved aside
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, rank, accelerator)
-        start_step = state["step"]
+        start_step, skipped = state["step"], state.get("skipped_updates", 0)
         log(f"resumed from {checkpoint} at step {start_step}")
     elif args.resume:
         log(f"--resume: no checkpoint in {out_dir} yet, starting from step 0")
     if args.resume and is_main:  # the steps after the checkpoint are logged again below
-        keep_rows(out_dir / "metrics.jsonl", lambda row: row["step"] <= start_step)
-        keep_rows(out_dir / "eval.jsonl", lambda row: row["step"] < start_step)
+        keep_rows(out_dir / "metrics.jsonl", lambda row: row["step"] <= start_step, log)
+        keep_rows(out_dir / "eval.jsonl", lambda row: row["step"] < start_step, log)
 
     def run_eval(step: int) -> dict | None:
         if not data.heldout:
@@ -123,6 +134,9 @@ def main(argv=None) -> dict:
         log(f"held-out {start_label}: {json.dumps(before)}")
 
     # -- the loop ---------------------------------------------------------------------------------
+    guard = UpdateGuard(
+        skipped=skipped, stepped_already=accelerator.state.deepspeed_plugin is not None
+    )
     history = []
     model.train()
     tokens, window_start = 0, time.perf_counter()
@@ -133,7 +147,7 @@ def main(argv=None) -> dict:
         disable=not is_main,
     )
     for step in bar:
-        logged = []
+        logged, losses = [], []
         step_examples = batch_records(data.train, step, global_batch, args.seed)
         for micro in range(args.grad_accum):
             # This process's slice of the step's examples: micro-batch `micro` of every process
@@ -147,15 +161,18 @@ def main(argv=None) -> dict:
                 with autocast(device, bf16):
                     out = step_module(batch, reference(batch))
                 accelerator.backward(out.loss)
+                losses += [out.loss.detach()] if world == 1 else []  # see update_guard.py
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
+                    if guard.allows(step + 1, grad_norm, losses):  # non-finite: skipped
+                        optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             logged.append(out.metrics())
             tokens += batch["n_tokens"]
         scheduler.step()
         row = mean_over_processes(accelerator, logged)
         row.update(step=step + 1, grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
+        row.update(skipped_updates=guard.skipped)
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row.get('accuracy_dpo', 0):.2f}")
         if (step + 1) % args.logging_steps == 0 or step + 1 == args.max_steps:
@@ -167,7 +184,11 @@ def main(argv=None) -> dict:
         if args.eval_steps and (step + 1) % args.eval_steps == 0 and step + 1 < args.max_steps:
             run_eval(step + 1)
         if (step + 1) % args.save_steps == 0 or step + 1 == args.max_steps:
-            state = {"examples_seen": (step + 1) * global_batch, "args": vars(args)}
+            state = {
+                "examples_seen": (step + 1) * global_batch,
+                "args": vars(args),
+                "skipped_updates": guard.skipped,
+            }
             save_checkpoint(
                 out_dir,
                 step + 1,
@@ -196,6 +217,8 @@ def main(argv=None) -> dict:
         + (f"; plot {plot.name}" if plot else "")
     )
     accelerator.end_training()
+    if lock is not None:
+        lock.release()
     return {"history": history, "before": before, "after": after, "skipped": len(data.skipped)}
 
 

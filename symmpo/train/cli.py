@@ -1,5 +1,8 @@
 """train.py's command line: every flag with its help and default, checked before any work.
 
+``parse_args`` checks each value and the files; ``check_combinations`` the flags that need each
+other; ``given_flags`` tells which flags the command line set (``symmpo.train.resume``).
+
 A wrong value stops with one line that names the flag, the value and what is allowed, and exit
 status 2 (``UsageError``; argparse's own errors go the same way). Bad records end in one line
 with exit status 1. ``run_main`` turns those errors into that line; any other exception is a
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from .checkpoint import list_checkpoints
 from .data import BadRecord
 from .model import LORA_PRESET
+from .update_guard import NonFiniteTraining
 
 LOSSES = ("symmpo", "dpo", "mdpo")  # symmpo.train.objectives.OBJECTIVES, without importing torch
 
@@ -309,9 +313,9 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Checks that need more than one flag or the file system, before any work: a missing
-    --data first, then the output folder and flag combinations. Raises UsageError."""
+def check_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """The file system's checks, before any work: a missing --data first, then the output
+    folder (an earlier run needs --resume; --resume needs one). Raises UsageError."""
     if args.data is not None:
         data = pathlib.Path(args.data)
         if not data.exists():
@@ -331,6 +335,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             f"--output_dir {args.output_dir} holds an earlier run: pass --resume "
             "to continue it, or choose another folder; nothing was overwritten"
         )
+    return args
+
+
+def check_combinations(args: argparse.Namespace) -> argparse.Namespace:
+    """Flags that need each other (after a resumed run's saved flags are in). UsageError."""
     if args.shared_attention != "auto" and args.forward != "shared":
         raise UsageError(
             f"--shared_attention {args.shared_attention}: chooses how --forward "
@@ -359,19 +368,31 @@ def _has_cuda() -> bool:
 
 
 def parse_args(argv=None, description: str = "") -> argparse.Namespace:
-    """The flags of train.py, every value and combination checked (UsageError)."""
-    return check_args(build_parser(description).parse_args(argv))
+    """The flags of train.py, every value and the file system checked (UsageError); the
+    combinations are checked by ``check_combinations`` once a resumed run's flags are in."""
+    return check_paths(build_parser(description).parse_args(argv))
+
+
+def given_flags(argv=None) -> set[str]:
+    """The dests of the flags set on the command line (``argv``, default sys.argv[1:])."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def run_main(main: Callable, argv=None, prog: str | None = None):
     """``main(argv)`` with a newcomer's errors as one line on stderr: UsageError exits with
-    status 2, BadRecord with status 1; nothing else is caught."""
+    status 2, BadRecord and NonFiniteTraining with status 1; nothing else is caught."""
     prog = prog or os.path.basename(sys.argv[0]) or "train.py"
     try:
         return main(argv)
     except UsageError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteTraining as error:
+        print(f"{prog}: stopped: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     except BadRecord as error:
         print(
             f"{prog}: bad record: {error} (pass --skip_bad_records to skip such records)",

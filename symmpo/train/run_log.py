@@ -19,12 +19,29 @@ def append_jsonl(path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def keep_rows(path, keep) -> None:
-    """Rewrite a JSONL log with only the rows ``keep`` accepts (atomically)."""
+def read_rows(path, log=print) -> list[dict]:
+    """The rows of a JSONL log. A torn last line (a write cut short by a kill or a full disk)
+    is dropped with a message; a bad line elsewhere is an error naming the file and line."""
+    path = pathlib.Path(path)
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number < len(lines):
+                raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
+            log(f"{path}: dropped a torn last line ({line[:60]!r})")
+    return rows
+
+
+def keep_rows(path, keep, log=print) -> None:
+    """Rewrite a JSONL log with only the rows ``keep`` accepts (atomically; a torn last line
+    is dropped, see ``read_rows``)."""
     path = pathlib.Path(path)
     if not path.exists():
         return
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    rows = read_rows(path, log)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)), encoding="utf-8")
     tmp.replace(path)

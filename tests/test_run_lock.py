@@ -52,3 +52,10 @@ def test_a_killed_runs_lock_is_taken_over(tmp_path, other_process_holding):
     assert said == [f"took over the stale lock of process {pid} (it no longer runs)"]
     lock.release()
     RunLock(tmp_path).release()  # released: free again
+
+
+def test_a_later_run_in_the_same_process_takes_over_its_own_lock(tmp_path):
+    first = RunLock(tmp_path)  # e.g. a run that stopped with an error, its lock never released
+    second = RunLock(tmp_path)
+    assert first.handle.closed and not second.handle.closed
+    second.release()

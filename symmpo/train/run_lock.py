@@ -28,10 +28,17 @@ LOCK_NAME = ".run.lock"
 class RunLock:
     """``with RunLock(output_dir, log):`` or ``lock = RunLock(...)`` ... ``lock.release()``."""
 
+    #: The lock this process holds per folder: a later run in the same process (a notebook, a
+    #: test calling train.main again after an error) takes it over instead of waiting on itself.
+    _held: dict[str, RunLock] = {}
+
     def __init__(self, output_dir, log=print):
         self.path = pathlib.Path(output_dir) / LOCK_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held open)
+        earlier = RunLock._held.pop(str(self.path.resolve()), None)
+        if earlier is not None:
+            earlier.release()
+        self.handle = open(self.path, "a+", encoding="utf-8")
         holder = self._holder()
         if not self._acquire(holder):
             self.handle.close()
@@ -51,6 +58,7 @@ class RunLock:
         }
         self.handle.write(json.dumps(mine))
         self.handle.flush()
+        RunLock._held[str(self.path.resolve())] = self
 
     def _holder(self) -> dict:
         self.handle.seek(0)
@@ -78,6 +86,8 @@ class RunLock:
     def release(self) -> None:
         if self.handle.closed:
             return
+        if RunLock._held.get(str(self.path.resolve())) is self:
+            del RunLock._held[str(self.path.resolve())]
         self.handle.seek(0)
         self.handle.truncate()
         if fcntl is not None:

@@ -297,7 +297,7 @@ def test_resume_keeps_the_saved_shared_attention_route(tmp_path, monkeypatch):
     assert state["args"]["shared_attention"] == "mask"
     assert len(list((out / "ref_cache").glob("*"))) == 1  # one reference pass, one cache file
     assert [r["step"] for r in resumed["history"]] == [2]
-    with pytest.raises(UsageError, match=r"trained with the mask route; allowed: mask or auto"):
+    with pytest.raises(UsageError, match=r"--shared_attention varlen \(the run has mask\)"):
         train.main([*args, "--max_steps", "3", "--resume", "--shared_attention", "varlen"])
 
 

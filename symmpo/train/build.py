@@ -15,9 +15,7 @@ reference for evaluation.
 
 from __future__ import annotations
 
-import json
 import math
-import pathlib
 import random
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -27,13 +25,19 @@ import torch
 
 from symmpo import SymMPOConfig
 
-from .checkpoint import load_weights, saved_shared_attention
+from .checkpoint import load_weights, read_trainer_state, saved_shared_attention
 from .cli import UsageError
 from .collator import PreferenceCollator
-from .data import check_records, default_heldout, load_records, records_from_rows, split_heldout
+from .data import (
+    check_records,
+    default_heldout,
+    load_records,
+    records_fingerprint,
+    records_from_rows,
+    split_heldout,
+)
 from .forwards import FORWARDS
 from .model import add_lora, apply_liger, build_policy, num_image_tokens
-from .reference_cache import file_identity
 from .references import AdaptersOffReference, FrozenCopyReference, Scorer
 from .shared_varlen import choose_shared_attention, use_varlen_attention
 
@@ -140,13 +144,13 @@ def build_data(args, collator, check_train: bool = True) -> Data:
         train, skipped = records_from_rows(train_rows, skip)
         heldout, more = records_from_rows(heldout_rows, skip)
         skipped += more
-        identity = {"embedded": [args.n_train, args.heldout, args.seed]}
+        identity = {"records": records_fingerprint(train + heldout)}
     else:
         records, skipped = load_records(args.data, skip)
         if args.heldout is None:
             args.heldout = default_heldout(len(records))
         train, heldout = split_heldout(records, args.heldout, args.seed)
-        identity = {"data": file_identity(args.data)}
+        identity = {"records": records_fingerprint(records)}  # contents, not file stats
     seen: set = set()
     train, bad = check_records(train, collator, skip, seen) if check_train else (train, [])
     heldout, bad_heldout = check_records(heldout, collator, skip, seen)
@@ -215,7 +219,7 @@ def rebuild_run(checkpoint) -> RebuiltRun:
     its model with the saved weights, collator, held-out records (bad ones skipped or raising
     as in training), and its initial model as the reference (adapters disabled under LoRA, a
     second model otherwise), scored online."""
-    state = json.loads((pathlib.Path(checkpoint) / "trainer_state.json").read_text())
+    state = read_trainer_state(checkpoint)  # verified against its manifest first
     run = SimpleNamespace(**{"shared_attention": "auto", **state["args"]})
     run.gradient_checkpointing = run.liger = False  # evaluation needs neither
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

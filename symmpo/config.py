@@ -7,7 +7,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
+
+import torch
+
+#: The float options and the bound each must satisfy (beta_contrast may also be None).
+_FLOAT_OPTIONS = (
+    ("beta", "> 0"),
+    ("beta_contrast", "> 0"),
+    ("pair_weight", ">= 0"),
+    ("margin_weight", ">= 0"),
+    ("anchor_weight", ">= 0"),
+    ("delta", ""),
+)
 
 
 @dataclass(frozen=True)
@@ -29,7 +42,8 @@ class SymMPOConfig:
 
     ``average_log_prob`` divides each sequence log-prob by its number of target tokens;
     ``ignore_index`` marks labels that are not targets; ``allow_empty`` lets a sequence with
-    no target token score 0 instead of raising.
+    no target token score 0 instead of raising. The float options take any real number (a
+    Python int or float, a NumPy scalar, a 0-d tensor) and are stored as Python floats.
     """
 
     beta: float = 0.1
@@ -43,20 +57,15 @@ class SymMPOConfig:
     allow_empty: bool = False
 
     def __post_init__(self) -> None:
-        positive = {"beta": self.beta}
-        if self.beta_contrast is not None:
-            positive["beta_contrast"] = self.beta_contrast
-        for name, value in positive.items():
-            if not _is_real(value) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"SymMPOConfig.{name} must be a finite number > 0, got {value!r}")
-        for name in ("pair_weight", "margin_weight", "anchor_weight"):
+        for name, bound in _FLOAT_OPTIONS:
             value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"SymMPOConfig.{name} must be a finite number >= 0, got {value!r}")
-        if not _is_real(self.delta) or not math.isfinite(self.delta):
-            raise ValueError(f"SymMPOConfig.delta must be a finite number, got {self.delta!r}")
-        if not isinstance(self.ignore_index, int) or isinstance(self.ignore_index, bool):
-            raise TypeError(f"SymMPOConfig.ignore_index must be an int, got {self.ignore_index!r}")
+            if value is not None or name != "beta_contrast":
+                value = real_option(f"SymMPOConfig.{name}", value, bound)
+                object.__setattr__(self, name, value)
+        ignore_index = self.ignore_index
+        if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+            raise TypeError(f"SymMPOConfig.ignore_index must be an int, got {ignore_index!r}")
+        object.__setattr__(self, "ignore_index", int(ignore_index))
         for name in ("average_log_prob", "allow_empty"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"SymMPOConfig.{name} must be a bool, got {getattr(self, name)!r}")
@@ -97,5 +106,47 @@ def resolve_config(config: SymMPOConfig | None, overrides: dict) -> SymMPOConfig
     return config.replace(**overrides)
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def real_option(name: str, value, bound: str = "") -> float:
+    """``value`` as a Python float: an int, a float, a NumPy real scalar or a 0-d real tensor
+    (on any device: a CUDA tensor costs a sync), finite and satisfying ``bound`` ("> 0",
+    ">= 0" or "" for none); anything else (NaN, inf, a bool, a string, a tensor of another
+    shape) raises ValueError naming ``name``."""
+    number = _as_float(value)
+    if (
+        number is None
+        or not math.isfinite(number)
+        or (bound == "> 0" and number <= 0)
+        or (bound == ">= 0" and number < 0)
+    ):
+        shown = repr(value)
+        if _is_array(value):  # a 0-d tensor or array holds one number; this one does not
+            kind = "a tensor" if isinstance(value, torch.Tensor) else "an array"
+            shown = f"{kind} of shape {tuple(value.shape)}"
+        raise ValueError(
+            f"{name} must be a finite number{' ' + bound if bound else ''}, got {shown}"
+        )
+    return number
+
+
+def _as_float(value) -> float | None:
+    """The float of a real number or 0-d real tensor; None for bools and anything else."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
+            return None
+        value = value.item()
+    elif type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():
+        if getattr(value.dtype, "kind", "") not in "fiu":  # a 0-d array: not bool or complex
+            return None
+        value = value.item()
+    # NumPy's floating and integer scalars register as numbers.Real, its bool_ does not.
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        return math.inf
+
+
+def _is_array(value) -> bool:
+    """A tensor or NumPy array with a shape other than () (its repr could be huge)."""
+    return bool(getattr(value, "shape", ())) and hasattr(value, "dtype")

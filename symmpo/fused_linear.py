@@ -52,6 +52,7 @@ from .validation import (
     check_labels,
     check_logps,
     check_same_device,
+    check_scored,
     check_sequences,
     check_values,
     require_tensor,
@@ -92,6 +93,10 @@ def symmpo_loss_from_hidden(
 
     Gradients flow into hidden (zero at non-target positions), weight and bias; they are
     computed during the forward pass (see the module docstring).
+
+    Reference log-probs scored from ``ref_hidden`` must be finite, as given ref_logps must:
+    without gradients a non-finite one raises at the call; with gradients (no host sync in
+    the forward) the loss is NaN and backward raises before returning any gradient.
     """
     config = resolve_config(config, overrides)
     hidden = check_sequences("hidden", hidden, feature="H")
@@ -142,15 +147,18 @@ def symmpo_loss_from_hidden(
     if ref_hidden is not None:
         ref_logps = score_hidden(ref_hidden, ref_weight, ref_bias, plan, config, impl)
     ref_logps = ref_logps.detach().reshape(5, -1).float()
+    scored = None if ref_hidden is None else ref_logps  # checked like a given ref_logps
 
     wants_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias)
     )
     if wants_grad:
         loss, per_example, terms, z, policy = _FusedLinearSymMPO.apply(
-            hidden, weight, bias, ref_logps, plan, config, impl
+            hidden, weight, bias, ref_logps, plan, config, impl, scored
         )
     else:
+        if scored is not None:
+            check_scored("ref_hidden", scored)
         result = run_chunks(hidden, weight, bias, ref_logps, plan, config, impl, (False,) * 3)
         loss, per_example, terms, z, policy = result.outputs
     return build_symmpo_output(loss, per_example, terms, z, policy, ref_logps, config)
@@ -234,14 +242,18 @@ class _TokenLogps(torch.autograd.Function):
 
 
 class _FusedLinearSymMPO(torch.autograd.Function):
-    """Forward runs every chunk and keeps the gradients; backward hands them back."""
+    """Forward runs every chunk and keeps the gradients; backward hands them back. ``scored``:
+    reference log-probs scored from ref_hidden, whose finiteness backward checks (in the host
+    sync it makes anyway) before handing anything back."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ref_logps, plan, config, impl):
+    def forward(ctx, hidden, weight, bias, ref_logps, plan, config, impl, scored=None):
         result = run_chunks(
             hidden, weight, bias, ref_logps, plan, config, impl, ctx.needs_input_grad[:3]
         )
         ctx.save_for_backward(*result.grads)
+        ctx.scored = scored
+        ctx.scored_bad = None if scored is None else ~torch.isfinite(scored).all()
         loss, per_example, terms, z, policy = result.outputs
         ctx.mark_non_differentiable(per_example, terms, z, policy)
         return result.outputs
@@ -250,10 +262,16 @@ class _FusedLinearSymMPO(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_loss, *_unused):
         grads = ctx.saved_tensors
-        # loss.backward() passes 1: skip three full passes over the gradients (one host sync).
-        if bool(grad_loss != 1):
+        # loss.backward() passes 1: skip three full passes over the gradients (one host sync,
+        # which also reads whether the scored reference was finite).
+        scaled = grad_loss != 1
+        if ctx.scored is not None:
+            scaled, bad = torch.stack([scaled, ctx.scored_bad.to(scaled.device)]).tolist()
+            if bad:
+                check_scored("ref_hidden", ctx.scored)
+        if bool(scaled):
             grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in grads)
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,13 +9,15 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .config import SymMPOConfig, resolve_config
+from .config import SymMPOConfig, real_option, resolve_config
 from .implementations import fused_symmpo, resolve_impl, score_reference, score_sequences
 from .output import PreferenceOutput, SymMPOOutput, build_symmpo_output, output_from_terms
 from .validation import (
+    check_inplace_grad,
     check_labels,
     check_logps,
     check_same_device,
+    check_scored,
     check_sequences,
     check_values,
     raise_invalid_values,
@@ -39,8 +41,11 @@ def sequence_logps(
     fp32/bf16/fp16, labels (N, T) integer aligned with input_ids (``ignore_index`` marks
     non-targets) -> (N,) float32.
     ``inplace_grad`` (Triton only; see ``symmpo_loss``) writes the gradient into ``logits``.
+    Non-target positions are never read: NaN or inf there changes no value and no gradient.
     """
     logits = check_sequences("logits", logits, kind_major=False)
+    if inplace_grad:
+        check_inplace_grad("logits", logits)
     rows, seq_len, vocab = logits.shape
     labels = check_labels(labels, rows, seq_len, vocab, ignore_index, kind_major=False)
     check_same_device(logits=logits, labels=labels)
@@ -77,12 +82,15 @@ def symmpo_loss(
         inplace_grad: Triton only (the torch path ignores it): backward writes dL/dlogits into
             the logits buffer instead of a second (5B, T, V) tensor. The logits are destroyed by
             backward: nothing may read them afterwards (another loss, a second backward).
+            Logits whose elements share memory (an expand() view) are refused on every path.
 
     The Triton path reads the logits once forward and once backward, keeps 4 bytes (the
     float32 logsumexp) per position, and writes the gradient once.
 
-    Invalid values (a label outside the vocabulary, a sequence without a target unless
-    allow_empty, non-finite ref_logps) raise ValueError at the call, except on the Triton path
+    Non-target positions of logits and ref_logits are never read: NaN or inf there changes no
+    value and no gradient (exactly 0 there). Invalid values (a label outside the vocabulary, a
+    sequence without a target unless allow_empty, non-finite ref_logps, ref_logits that give
+    a non-finite reference log-prob) raise ValueError at the call, except on the Triton path
     with gradients: there the forward does not sync to read its kernels' checks, every value
     of the output is NaN, and backward raises the error before writing the logits' gradient.
 
@@ -90,6 +98,8 @@ def symmpo_loss(
     """
     config = resolve_config(config, overrides)
     logits = check_sequences("logits", logits)
+    if inplace_grad:
+        check_inplace_grad("logits", logits)
     rows, seq_len, vocab = logits.shape
     labels = check_labels(labels, rows, seq_len, vocab, config.ignore_index)
     if (ref_logps is None) == (ref_logits is None):
@@ -117,6 +127,8 @@ def symmpo_loss(
         ref_logps = score_reference(
             ref_logits, labels, config.average_log_prob, config.ignore_index, impl
         )
+        if impl == "torch":  # after check_values: bad labels must not be gathered
+            check_scored("ref_logits", ref_logps)
     ref_logps = ref_logps.reshape(5, -1)
     if impl == "torch":
         policy = score_sequences(logits, labels, config.average_log_prob, config.ignore_index, impl)
@@ -128,20 +140,27 @@ def symmpo_loss(
     # backward does it right before launching its kernel (and raises there, before writing
     # any gradient), so that the GPU does not idle from the end of the forward until the
     # backward's first launch.
+    # The reference log-probs are checked as read, whether given or scored from ref_logits
+    # (then the closure below holds those (5B,) scores, never ref_logits themselves).
     checked_ref = None if given_ref_logps is None else given_ref_logps.float()  # as read
-    check_ref = ref_logits is None  # a bool: the closure below must not hold ref_logits
+    scored = None if ref_logits is None else ("ref_logits", ref_logps)
 
     def raise_if_invalid(flags: torch.Tensor) -> None:
         bad_labels, empty, bad_ref = flags.tolist()
-        if bad_labels or (empty and not config.allow_empty) or (bad_ref and check_ref):
+        if bad_labels or (empty and not config.allow_empty) or bad_ref:
             raise_invalid_values(
-                labels, vocab, config.ignore_index, config.allow_empty, ref_logps=checked_ref
+                labels,
+                vocab,
+                config.ignore_index,
+                config.allow_empty,
+                scored=scored,
+                ref_logps=checked_ref,
             )
 
     deferred = torch.is_grad_enabled() and logits.requires_grad
     in_backward = raise_if_invalid if deferred else None
     result = fused_symmpo(
-        logits, labels, ref_logps, config, inplace_grad, check_ref, check_in_backward=in_backward
+        logits, labels, ref_logps, config, inplace_grad, check_in_backward=in_backward
     )
     if not deferred:
         raise_if_invalid(result.flags)
@@ -175,7 +194,7 @@ def dpo_loss(
 
     policy_logps, ref_logps: (2B,) kind-major or (2, B), rows (chosen, rejected).
     """
-    _check_beta(beta)
+    beta = _check_beta(beta)
     policy_logps = check_logps("policy_logps", policy_logps, num_kinds=2)
     ref_logps = check_logps("ref_logps", ref_logps, rows=policy_logps.numel(), num_kinds=2)
     ref_logps = ref_logps.to(policy_logps.dtype).detach()
@@ -197,7 +216,9 @@ def mdpo_loss(
     policy_logps, ref_logps: (3B,) kind-major or (3, B), rows (chosen, rejected, chosen on the
     corrupted image); L_cond = -log sig(beta(r0 - r0c)), L_anc = -log sig(beta r0).
     """
-    _check_beta(beta)
+    beta = _check_beta(beta)
+    cond_weight = real_option("mdpo_loss's cond_weight", cond_weight, ">= 0")
+    anchor_weight = real_option("mdpo_loss's anchor_weight", anchor_weight, ">= 0")
     policy_logps = check_logps("policy_logps", policy_logps, num_kinds=3)
     ref_logps = check_logps("ref_logps", ref_logps, rows=policy_logps.numel(), num_kinds=3)
     ref_logps = ref_logps.to(policy_logps.dtype).detach()
@@ -236,9 +257,9 @@ def _preference_output(losses, terms, z, beta, policy_logps, ref_logps) -> Prefe
     )
 
 
-def _check_beta(beta) -> None:
-    # SymMPOConfig checks beta the same way; reuse it so the message is identical.
-    SymMPOConfig(beta=beta)
+def _check_beta(beta) -> float:
+    """beta as a Python float; SymMPOConfig checks it, so the message is identical."""
+    return SymMPOConfig(beta=beta).beta
 
 
 def _describe(value) -> str:

@@ -42,12 +42,18 @@ def sequence_logps(
     without targets).
 
     Shapes: logits (N, T, V), labels (N, T) -> (N,) in float32 (float64 for float64 logits).
-    The shift is a view; the log-softmax is an (N, T-1, V) float32 temporary.
+    The shift is a view; the masking copies it once (in the logits' dtype); the log-softmax
+    is an (N, T-1, V) float32 temporary.
+
+    Non-target positions are zeroed before the log-softmax (no host sync, no data-dependent
+    shape): whatever they hold (NaN, inf) reaches neither the value nor the gradient, which
+    is exactly 0 there. Masking after the log-softmax would not do: a NaN row's softmax is NaN,
+    and its backward would spread NaN * 0 = NaN.
     """
     acc = accumulation_dtype(logits.dtype)
-    shifted_logits = logits[:, :-1, :]
     next_labels = labels[:, 1:]
     mask = next_labels != ignore_index
+    shifted_logits = logits[:, :-1, :].masked_fill(~mask.unsqueeze(-1), 0)
     safe_labels = torch.where(mask, next_labels, torch.zeros_like(next_labels)).long()
     token_logps = torch.log_softmax(shifted_logits.to(acc), dim=-1)
     token_logps = token_logps.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)

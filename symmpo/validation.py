@@ -118,10 +118,13 @@ def raise_invalid_values(
     ignore_index: int,
     allow_empty: bool,
     kind_major: bool = True,
+    scored: tuple[str, torch.Tensor] | None = None,
     **must_be_finite: torch.Tensor | None,
 ) -> None:
     """Find what ``check_values`` (or a kernel's validation flags) caught and raise a
-    ValueError naming it; called only once something is known to be wrong."""
+    ValueError naming it; called only once something is known to be wrong. ``scored`` =
+    (name, log-probs): reference log-probs scored from the argument ``name`` (ref_logits),
+    which must be finite too (``check_scored``)."""
     is_target = labels != ignore_index
     finite = {name: t for name, t in must_be_finite.items() if t is not None}
     bad = _out_of_vocab(labels, is_target, vocab)
@@ -138,13 +141,64 @@ def raise_invalid_values(
             f"{empty.numel()} sequence(s) have no target token (every label after the first "
             f"is ignore_index={ignore_index}): {where}; pass allow_empty=True to score them 0"
         )
-    for name, t in finite.items():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} holds non-finite values (NaN or inf); they must be finite")
+    for name, t in finite.items():  # per-row log-probs, (N,) or (5, B): flat is kind-major
+        bad_rows = (~torch.isfinite(t.flatten())).nonzero()
+        if bad_rows.numel():
+            where = _describe_row(int(bad_rows[0]), t.numel(), kind_major)
+            raise ValueError(
+                f"{name} holds non-finite values (NaN or inf), first at {where}; they must "
+                "be finite"
+            )
+    if scored is not None:
+        check_scored(*scored, kind_major=kind_major)
     raise RuntimeError(
         "symmpo's input checks flagged the labels or the reference log-probs, but no bad value "
         "was found on a second look; please report this with the inputs"
     )
+
+
+def check_scored(name: str, logps: torch.Tensor, kind_major: bool = True) -> None:
+    """Reference log-probs scored from the argument ``name`` (ref_logits) must be finite, as
+    given ref_logps must: NaN or inf in those logits at a target position raises, naming the
+    row (one device sync). Non-target positions are never read."""
+    bad_rows = (~torch.isfinite(logps.flatten())).nonzero()
+    if bad_rows.numel():
+        row = int(bad_rows[0])
+        raise ValueError(
+            f"{name} give a non-finite reference log-prob (NaN or inf) for "
+            f"{_describe_row(row, logps.numel(), kind_major)}: {name} must be finite at the "
+            "target positions (those whose next label is not ignore_index; others are ignored)"
+        )
+
+
+def check_inplace_grad(name: str, tensor: torch.Tensor) -> None:
+    """``inplace_grad`` writes each element's gradient into the element's own memory: refuse a
+    tensor whose elements may share memory (an expand() or other stride-0 view), whose
+    gradients would overwrite one another."""
+    if _may_overlap(tensor):
+        raise ValueError(
+            f"inplace_grad=True needs {name} whose elements do not share memory, got a view "
+            f"of shape {tuple(tensor.shape)} with strides {tuple(tensor.stride())} (from "
+            f"expand() or as_strided?): the gradient of each element would overwrite the "
+            f"others'; pass inplace_grad=False or {name}.contiguous()"
+        )
+
+
+def _may_overlap(tensor: torch.Tensor) -> bool:
+    """True when two elements may share memory (conservative where torch cannot tell)."""
+    has_overlap = getattr(torch, "_debug_has_internal_overlap", None)
+    if has_overlap is not None:
+        verdict = has_overlap(tensor)  # 0: no, 1: yes, 2: too hard (e.g. a slice: not dense)
+        if verdict in (0, 1):
+            return verdict == 1
+    # Sorted by stride, each dimension must step past everything the smaller ones reach.
+    reach = 0
+    for stride, size in sorted(zip(tensor.stride(), tensor.shape, strict=True)):
+        if size > 1:
+            if stride <= reach:
+                return True
+            reach += stride * (size - 1)
+    return False
 
 
 def check_logps(

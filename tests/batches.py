@@ -44,3 +44,16 @@ WEIGHT_NAMES = ("beta", "beta_contrast", "pair_weight", "margin_weight", "anchor
 def weights_of(config) -> dict:
     """A SymMPOConfig's loss weights as keyword arguments (beta_contrast resolved)."""
     return dict(zip(WEIGHT_NAMES, config.kernel_weights, strict=True))
+
+
+def non_targets(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """(N, T) bool: the positions whose logits predict no target (the next label is ignored,
+    or there is none: the last position). No loss may read them."""
+    ignored = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
+    ignored[:, :-1] = labels[:, 1:] == ignore_index
+    return ignored
+
+
+def spoil(logits: torch.Tensor, where: torch.Tensor, value: float) -> torch.Tensor:
+    """A copy of (N, T, V) ``logits`` holding ``value`` (NaN, inf) at the (N, T) ``where``."""
+    return logits.masked_fill(where.unsqueeze(-1), value)

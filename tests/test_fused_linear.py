@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from batches import make_labels
+from batches import make_labels, non_targets, spoil
 from kernel_helpers import assert_error_within
 
 from symmpo import reference, symmpo_loss, symmpo_loss_from_hidden
@@ -207,3 +207,57 @@ def test_autocast_with_float32_weights(impl):
     assert abs(got[0].loss.item() - exact[0].loss.item()) < 2e-2 * abs(exact[0].loss.item())
     for g, e in zip(got[1:], exact[1:], strict=True):
         assert (g.double() - e).norm() / e.norm() < 3e-2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_finite_hidden_at_non_targets_is_ignored(impl):
+    """NaN in the hidden states (policy and reference) where no target is predicted: logits
+    are computed at target positions only, so values and gradients are those of the finite
+    batch, with exact zeros there."""
+    from symmpo import sequence_logps_from_hidden
+
+    h, w, b, labels, _ = make_inputs(batch=2, seq_len=7, dtype=torch.float32, seed=13)
+    ignored = non_targets(labels)
+    ref_h = h + 0.1
+    spoiled, spoiled_ref = (spoil(t, ignored, float("nan")) for t in (h, ref_h))
+    runs = []
+    for x, r in ((h, ref_h), (spoiled, spoiled_ref)):
+        x = x.clone().requires_grad_(True)
+        out = symmpo_loss_from_hidden(x, w, labels, bias=b, ref_hidden=r, impl=impl, **KW)
+        logps = sequence_logps_from_hidden(x, w, labels, bias=b, impl=impl)
+        (out.loss + logps.sum()).backward()
+        runs.append((out, logps, x.grad))
+    (clean, clean_logps, clean_grad), (got, logps, grad) = runs
+    assert torch.isfinite(got.loss)
+    torch.testing.assert_close(got.loss, clean.loss, rtol=0, atol=0)
+    torch.testing.assert_close(got.ref_logps, clean.ref_logps, rtol=0, atol=0)
+    torch.testing.assert_close(logps, clean_logps, rtol=0, atol=0)
+    assert torch.all(grad[ignored] == 0)
+    torch.testing.assert_close(grad, clean_grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_finite_ref_hidden_at_a_target_raises(impl):
+    """A reference log-prob scored from ref_hidden that is not finite raises like a
+    non-finite ref_logps: at the call without gradients; with gradients the loss is NaN and
+    backward raises before handing back a gradient."""
+    h, w, b, labels, _ = make_inputs(batch=2, seq_len=7, dtype=torch.float32, seed=14)
+    ref_h = h.clone()
+    ref_h[6, int((labels[6, 1:] != -100).nonzero()[0]), 1] = float("nan")
+    message = r"ref_hidden give a non-finite reference log-prob .*row 6 \(chosen_on_contrast of"
+    with pytest.raises(ValueError, match=message):
+        symmpo_loss_from_hidden(h, w, labels, bias=b, ref_hidden=ref_h, impl=impl)
+    x = h.clone().requires_grad_(True)
+    out = symmpo_loss_from_hidden(x, w, labels, bias=b, ref_hidden=ref_h, impl=impl)
+    assert torch.isnan(out.loss)
+    with pytest.raises(ValueError, match=message):
+        out.loss.backward()
+    assert x.grad is None
+    grads = []
+    for scale in (1.0, 3.0):  # a finite reference: no error, the upstream scale applied
+        x = h.clone().requires_grad_(True)
+        out = symmpo_loss_from_hidden(x, w, labels, bias=b, ref_hidden=h + 0.1, impl=impl)
+        (scale * out.loss).backward()
+        grads.append(x.grad)
+    assert torch.isfinite(grads[0]).all()
+    torch.testing.assert_close(grads[1], 3.0 * grads[0])

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from batches import make_batch
+from batches import NON_DEFAULT_WEIGHTS, make_batch, non_targets, spoil
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -188,3 +188,50 @@ def test_triton_without_cuda_or_interpreter_says_so():
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert "need a CUDA tensor, or TRITON_INTERPRET=1" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_at_non_targets_are_ignored(impl, dtype, bad):
+    """NaN or inf where no target is predicted (prompt, padding, the last position), in the
+    policy and the reference logits: the loss, the metrics and the gradient are those of the
+    same batch with finite values there, and the gradient there is exactly 0."""
+    logits, labels, _ = make_batch(batch=2, seq_len=7, dtype=dtype, seed=4)
+    ref_logits = (logits.float() + 0.5 * torch.randn(logits.shape)).to(dtype)
+    ignored = non_targets(labels)
+    runs = []
+    for x, r in (
+        (logits, ref_logits),
+        (spoil(logits, ignored, bad), spoil(ref_logits, ignored, bad)),
+    ):
+        x = x.clone().requires_grad_(True)
+        out = symmpo_loss(x, labels, ref_logits=r, impl=impl, **NON_DEFAULT_WEIGHTS)
+        out.loss.backward()
+        runs.append((out, x.grad))
+    (clean, clean_grad), (got, grad) = runs
+    exact = dict(rtol=0, atol=0) if impl == "torch" else {}
+    assert torch.isfinite(got.loss)
+    torch.testing.assert_close(got.loss, clean.loss, **exact)
+    torch.testing.assert_close(got.policy_logps, clean.policy_logps, **exact)
+    torch.testing.assert_close(got.ref_logps, clean.ref_logps, **exact)
+    torch.testing.assert_close(got.per_example_loss, clean.per_example_loss, **exact)
+    assert torch.all(grad[ignored] == 0)
+    torch.testing.assert_close(grad, clean_grad, **exact)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("average", [False, True])
+def test_sequence_logps_ignores_non_finite_non_targets(impl, average):
+    logits, labels, _ = make_batch(batch=1, seq_len=7, seed=5)
+    ignored = non_targets(labels)
+    x = spoil(logits, ignored, float("nan")).requires_grad_(True)
+    got = sequence_logps(x, labels, average=average, impl=impl)
+    clean = logits.clone().requires_grad_(True)
+    expected = sequence_logps(clean, labels, average=average, impl=impl)
+    exact = dict(rtol=0, atol=0) if impl == "torch" else {}
+    torch.testing.assert_close(got, expected, **exact)
+    got.sum().backward()
+    expected.sum().backward()
+    assert torch.all(x.grad[ignored] == 0)
+    torch.testing.assert_close(x.grad, clean.grad, **exact)

@@ -9,7 +9,7 @@ import math_oracle
 import numpy as np
 import pytest
 import torch
-from batches import NON_DEFAULT_WEIGHTS, make_batch
+from batches import NON_DEFAULT_WEIGHTS, make_batch, non_targets, spoil
 
 from symmpo import SymMPOConfig, reference, symmpo_loss, symmpo_loss_from_logps
 
@@ -96,3 +96,24 @@ def test_matches_float64_math_transcription(average):
     # Zero gradient at ignored positions and at the last position.
     dead = torch.cat([labels[:, 1:] == -100, torch.ones(15, 1, dtype=torch.bool)], 1)
     assert torch.all(logits.grad[dead] == 0)
+
+
+@pytest.mark.parametrize("average", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_at_non_targets_change_nothing(average, bad):
+    """NaN or inf at positions that predict no target: the log-probs are those of the float64
+    transcription on the finite logits, and the gradient is exactly 0 there (not NaN: a NaN
+    row's softmax would be NaN, so masking after the log-softmax is not enough)."""
+    logits, labels, _ = make_batch(batch=2, seq_len=7, vocab=13, dtype=torch.float64, seed=3)
+    ignored = non_targets(labels)
+    assert ignored[:, :-1].any()  # prompts and padding, not only the last position
+    spoiled = spoil(logits, ignored, bad).requires_grad_(True)
+    got = reference.sequence_logps(spoiled, labels, average)
+    expected, _, _ = math_oracle.sequence_logps(logits.numpy(), labels.numpy(), average)
+    np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(got.shape, dtype=torch.float64)
+    (got * weights).sum().backward()
+    clean = logits.clone().requires_grad_(True)
+    (reference.sequence_logps(clean, labels, average) * weights).sum().backward()
+    assert torch.all(spoiled.grad[ignored] == 0)
+    assert torch.equal(spoiled.grad, clean.grad)

@@ -1,10 +1,18 @@
 """Every bad input gets a clear error naming the argument, what it got and what it expects."""
 
+import numpy as np
 import pytest
 import torch
-from batches import make_batch
+from batches import NON_DEFAULT_WEIGHTS, make_batch
 
-from symmpo import SymMPOConfig, dpo_loss, symmpo_loss, symmpo_loss_from_logps
+from symmpo import (
+    SymMPOConfig,
+    dpo_loss,
+    mdpo_loss,
+    sequence_logps,
+    symmpo_loss,
+    symmpo_loss_from_logps,
+)
 
 
 @pytest.fixture
@@ -214,3 +222,168 @@ def test_triton_with_gradients_allows_what_the_config_allows(batch):
     torch.testing.assert_close(out.loss, eager.loss, rtol=0, atol=0)
     out.loss.backward()
     assert torch.isfinite(x.grad).all()
+
+
+def _first_target(labels, row):
+    """The first position of ``row`` whose logits predict a target."""
+    return int((labels[row, 1:] != -100).nonzero()[0])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_ref_logps_non_finite_names_the_row(batch, bad, impl):
+    logits, labels, ref = batch
+    ref[3] = bad
+    with pytest.raises(ValueError, match=r"ref_logps holds non-finite .*row 3 \(rejected of ex"):
+        symmpo_loss(logits, labels, ref, impl=impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_ref_logits_non_finite_at_a_target(batch, bad, impl):
+    """NaN or inf in the reference logits where a target is scored raises like a non-finite
+    ref_logps, naming ref_logits and the row (without gradients: at the call)."""
+    logits, labels, _ = batch
+    ref_logits = logits + 0.5
+    ref_logits[7, _first_target(labels, 7), 4] = bad
+    message = r"ref_logits give a non-finite reference log-prob .*row 7 \(chosen_on_contrast of"
+    with pytest.raises(ValueError, match=message):
+        symmpo_loss(logits, labels, ref_logits=ref_logits, impl=impl)
+    with pytest.raises(ValueError, match=message):
+        symmpo_loss(logits, labels, ref_logits=ref_logits, impl=impl, average_log_prob=True)
+
+
+@pytest.mark.parametrize("inplace_grad", [False, True])
+def test_triton_ref_logits_non_finite_raises_in_backward(batch, inplace_grad):
+    """With gradients the Triton path flags a non-finite scored reference like a non-finite
+    ref_logps: every output NaN, backward raises before writing the gradient."""
+    logits, labels, _ = batch
+    ref_logits = logits + 0.5
+    ref_logits[2, _first_target(labels, 2), 0] = float("nan")
+    x = logits.clone().requires_grad_(True)
+    out = symmpo_loss(x, labels, ref_logits=ref_logits, impl="triton", inplace_grad=inplace_grad)
+    assert torch.isnan(out.loss) and torch.isnan(out.policy_logps).all()
+    with pytest.raises(
+        ValueError, match=r"ref_logits give a non-finite .*row 2 \(rejected of example 0\)"
+    ):
+        out.loss.backward()
+    assert x.grad is None and torch.equal(x.detach(), logits)
+
+
+OVERLAP = r"inplace_grad=True needs logits whose elements do not share memory"
+
+
+def _overlapping_views(logits):
+    """Views of (10, 6, 11) whose elements share memory: a stride-0 expand, and rows that
+    overlap without a zero stride (torch cannot tell that one: only the stride rule can)."""
+    row = logits[:1].clone()
+    base = logits.flatten().clone()
+    return [row.expand_as(logits), base.as_strided(logits.shape, (11, 11, 1))]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("view", [0, 1])
+def test_inplace_grad_refuses_logits_sharing_memory(batch, impl, view):
+    logits, labels, ref = batch
+    shared = _overlapping_views(logits)[view]
+    with pytest.raises(ValueError, match=OVERLAP):
+        symmpo_loss(shared, labels, ref, impl=impl, inplace_grad=True)
+    with pytest.raises(ValueError, match=OVERLAP):
+        sequence_logps(shared, labels, impl=impl, inplace_grad=True)
+    # Without inplace_grad such a view is fine: a gradient of its own is written.
+    out = symmpo_loss(shared, labels, ref, impl=impl)
+    assert torch.isfinite(out.loss)
+
+
+def test_inplace_grad_overlap_rule_without_torchs_helper(batch, monkeypatch):
+    """Where torch lacks _debug_has_internal_overlap the stride rule decides alone."""
+    logits, labels, ref = batch
+    monkeypatch.delattr(torch, "_debug_has_internal_overlap", raising=False)
+    for shared in _overlapping_views(logits):
+        with pytest.raises(ValueError, match=OVERLAP):
+            symmpo_loss(shared, labels, ref, impl="triton", inplace_grad=True)
+    wide = torch.randn(10, 6, 16)
+    for view in (wide[..., :11], wide.transpose(0, 1).contiguous().transpose(0, 1)[..., 2:13]):
+        symmpo_loss(view, labels, ref, impl="torch", inplace_grad=True)
+
+
+def test_inplace_grad_accepts_views_that_do_not_overlap(batch):
+    """A vocabulary slice (not dense: torch says "too hard") shares no memory: accepted, and
+    its in-place gradient is the out-of-place one."""
+    logits, labels, ref = batch
+    grads = []
+    for inplace in (False, True):
+        wide = torch.cat([logits, torch.randn(10, 6, 5)], -1).requires_grad_(True)
+        symmpo_loss(
+            wide[..., :11], labels, ref, impl="triton", inplace_grad=inplace
+        ).loss.backward()
+        grads.append(wide.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+
+
+NUMBER_TYPES = {
+    "np.float32": np.float32,
+    "np.float64": np.float64,
+    "0-d tensor": torch.tensor,
+    "0-d float64 tensor": lambda v: torch.tensor(v, dtype=torch.float64),
+    "0-d array": np.array,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NUMBER_TYPES))
+def test_options_accept_numpy_scalars_and_0d_tensors(batch, kind):
+    """Every float option takes NumPy scalars and 0-d tensors, stored as Python floats: the
+    same loss as the Python floats they hold."""
+    make = NUMBER_TYPES[kind]
+    logits, labels, ref = batch
+    weights = {name: make(value) for name, value in NON_DEFAULT_WEIGHTS.items()}
+    floats = {name: float(value) for name, value in weights.items()}
+    config = SymMPOConfig(**weights)
+    assert config == SymMPOConfig(**floats)
+    assert all(type(getattr(config, name)) is float for name in weights)
+    got = symmpo_loss(logits, labels, ref, impl="torch", **weights)
+    expected = symmpo_loss(logits, labels, ref, impl="torch", **floats)
+    assert got.loss.item() == expected.loss.item()
+    assert SymMPOConfig(beta=make(2)).beta == 2.0  # an integer number too
+    policy, ref3 = torch.randn(3, 2), torch.randn(3, 2)
+    beta, cond, anchor = make(0.2), make(0.7), make(0.4)
+    assert dpo_loss(policy[:2], ref3[:2], beta=beta).loss.item() == pytest.approx(
+        dpo_loss(policy[:2], ref3[:2], beta=float(beta)).loss.item(), rel=0, abs=0
+    )
+    got = mdpo_loss(policy, ref3, beta=beta, cond_weight=cond, anchor_weight=anchor)
+    expected = mdpo_loss(
+        policy, ref3, beta=float(beta), cond_weight=float(cond), anchor_weight=float(anchor)
+    )
+    assert got.loss.item() == expected.loss.item()
+    assert SymMPOConfig(ignore_index=np.int64(-1)).ignore_index == -1
+
+
+REFUSED = [
+    (np.float32("nan"), r"np\.float32\(nan\)"),
+    (torch.tensor(float("inf")), r"tensor\(inf\)"),
+    (True, "True"),
+    (np.bool_(True), r"np\.True_"),
+    ("0.1", "'0.1'"),
+    (torch.tensor(True), r"tensor\(True\)"),
+    (torch.tensor([0.1, 0.2]), r"a tensor of shape \(2,\)"),
+    (torch.tensor([0.1]), r"a tensor of shape \(1,\)"),
+    (np.array([0.1, 0.2]), r"an array of shape \(2,\)"),
+    (None, "None"),
+]
+
+
+@pytest.mark.parametrize("value,shown", REFUSED, ids=[repr(v) for v, _ in REFUSED])
+def test_options_refuse_what_is_not_one_finite_number(batch, value, shown):
+    logits, labels, ref = batch
+    with pytest.raises(
+        ValueError, match=rf"SymMPOConfig\.beta must be a finite number > 0, got {shown}"
+    ):
+        SymMPOConfig(beta=value)
+    with pytest.raises(
+        ValueError, match=rf"SymMPOConfig\.delta must be a finite number, got {shown}"
+    ):
+        symmpo_loss(logits, labels, ref, delta=value)
+    with pytest.raises(ValueError, match=r"SymMPOConfig\.beta must be a finite number > 0"):
+        dpo_loss(torch.zeros(2, 1), torch.zeros(2, 1), beta=value)
+    with pytest.raises(ValueError, match=r"mdpo_loss's cond_weight must be a finite number >= 0"):
+        mdpo_loss(torch.zeros(3, 1), torch.zeros(3, 1), cond_weight=value)

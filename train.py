@@ -46,7 +46,7 @@ from symmpo.train.forwards import FORWARDS
 from symmpo.train.model import add_lora, lora_inputs_uncast
 from symmpo.train.objectives import PolicyStep
 from symmpo.train.references import FrozenCopyReference, Scorer, autocast, choose_reference
-from symmpo.train.resume import continue_run
+from symmpo.train.resume import continue_run, saved_run_args, write_run_args
 from symmpo.train.run_lock import RunLock
 from symmpo.train.run_log import append_jsonl, keep_rows, mean_over_processes, peak_memory_mb
 from symmpo.train.update_guard import UpdateGuard
@@ -57,8 +57,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv, __doc__)
     out_dir = pathlib.Path(args.output_dir)
     saved = latest_state(out_dir) if args.resume else None
-    if saved is not None:  # the same run: its saved flags; one that would change it is refused
-        args = continue_run(args, given_flags(argv), saved["args"])
+    run_args = saved_run_args(out_dir, saved) if args.resume else None
+    if run_args is not None:  # the same run: its saved flags; one that would change it refused
+        args = continue_run(args, given_flags(argv), run_args)
     args = resolve_defaults(check_combinations(args))
     if saved is not None and saved["step"] >= (args.max_steps or 0):
         print(
@@ -87,6 +88,8 @@ def main(argv=None) -> dict:
         log(f"skipped {len(data.skipped)} bad record(s), first: {data.skipped[0]}")
     global_batch = check_batch_fits(args, data, world)
     args.max_steps = args.max_steps or len(data.train) // global_batch  # one epoch
+    if is_main:
+        write_run_args(out_dir, args)  # every flag resolved: what --resume continues
     scorer = Scorer(forward, args.average_log_prob, args.logits_path, device, bf16)
     frozen = FrozenCopyReference(model, scorer) if args.ref == "model" else None
     if args.lora:
@@ -116,18 +119,18 @@ def main(argv=None) -> dict:
         log(f"--resume: no checkpoint in {out_dir} yet, starting from step 0")
     if args.resume and is_main:  # the steps after the checkpoint are logged again below
         keep_rows(out_dir / "metrics.jsonl", lambda row: row["step"] <= start_step, log)
-        keep_rows(out_dir / "eval.jsonl", lambda row: row["step"] < start_step, log)
+        keep_rows(out_dir / "eval.jsonl", lambda row: row["step"] <= start_step, log)
 
-    def run_eval(step: int) -> dict | None:
+    def run_eval(step: int, record: bool = True) -> dict | None:
         if not data.heldout:
             return None
         result = evaluate_run(model, data.heldout, collator, reference, args, device, bf16, forward)
-        if is_main:
+        if is_main and record:
             append_jsonl(out_dir / "eval.jsonl", {"step": step, **result})
         return result
 
     start_label = "before training" if start_step == 0 else f"at step {start_step} (resumed)"
-    before = run_eval(start_step)
+    before = run_eval(start_step, record=start_step == 0)  # a resumed run's logs: as if unbroken
     if before is None:
         log("no held-out records (--heldout 0): the run is not evaluated")
     else:

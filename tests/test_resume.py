@@ -1,10 +1,13 @@
 """--resume is the same run (symmpo/train/resume.py): saved flags adopted, changes refused."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 from test_cli import run_train
-from train_script import load_train_script
+from train_script import ROOT, load_train_script
 
 from symmpo.train.cli import UsageError, build_parser
 from symmpo.train.resume import continue_run
@@ -69,3 +72,100 @@ def test_train_script_refuses_a_changed_seed_and_continues_with_the_saved_lr(tmp
     assert [row["step"] for row in resumed["history"]] == [2]
     state = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["args"]["lr"] == 5e-4 and state["args"]["n_train"] == 16
+
+
+#: Runs train.py's main in a child process that SIGKILLs itself at the n-th call of a function:
+#: argv[1] "module:attribute", argv[2] n, the rest train.py's flags.
+KILLER = """
+import importlib, os, signal, sys
+target, n, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+module_name, _, attribute = target.partition(":")
+owner_name, _, method = attribute.partition(".")
+module = importlib.import_module(module_name)
+owner = getattr(module, owner_name) if method else module
+real = getattr(owner, method or attribute)
+calls = []
+
+def dying(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+setattr(owner, method or attribute, dying)
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+from train_script import load_train_script
+load_train_script().main(argv)
+"""
+
+KILL_RUN = [
+    *SMALL,
+    "--max_steps",
+    "6",
+    "--save_steps",
+    "2",
+    "--save_total_limit",
+    "1",
+    "--logging_steps",
+    "1",
+    "--eval_steps",
+    "3",
+    "--eval_batch_size",
+    "4",
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    load_train_script().main([*KILL_RUN, "--output_dir", str(out)])
+    return read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "eval.jsonl")
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_same_run(out, uninterrupted):
+    metrics, evals = read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "eval.jsonl")
+    assert [r["step"] for r in metrics] == [r["step"] for r in uninterrupted[0]]
+    for got, expected in zip(metrics, uninterrupted[0], strict=True):
+        for key in ("loss", "grad_norm", "lr", "accuracy_dpo", "reward_margin_pair2"):
+            # Another process: float32 sums may round differently (about 1e-7 of a log-prob).
+            assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=2e-6), (got["step"], key)
+    assert [r["step"] for r in evals] == [r["step"] for r in uninterrupted[1]]
+    for got, expected in zip(evals, uninterrupted[1], strict=True):
+        assert got["reward_margin"] == pytest.approx(expected["reward_margin"], rel=1e-5, abs=1e-6)
+
+
+def kill_then_resume(tmp_path, target: str, n: int):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, target, str(n), *KILL_RUN, "--output_dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    load_train_script().main(["--resume", "--output_dir", str(out)])
+    return out
+
+
+def test_killed_in_the_reference_pass_resumes_to_the_same_run(tmp_path, uninterrupted):
+    # The third batch of reference scoring: two batches are cached, the rest are not.
+    out = kill_then_resume(tmp_path, "symmpo.train.references:Scorer.__call__", 3)
+    assert_same_run(out, uninterrupted)
+
+
+def test_killed_while_saving_a_checkpoint_resumes_to_the_same_run(tmp_path, uninterrupted):
+    # torch.save's sixth call: the step-4 checkpoint's second file (four files a checkpoint).
+    out = kill_then_resume(tmp_path, "symmpo.train.checkpoint:torch.save", 6)
+    assert_same_run(out, uninterrupted)
+
+
+def test_killed_while_pruning_resumes_to_the_same_run(tmp_path, uninterrupted):
+    # shutil.rmtree's second call: checkpoint-2, renamed .prune-checkpoint-2, not yet deleted.
+    out = kill_then_resume(tmp_path, "symmpo.train.checkpoint:shutil.rmtree", 2)
+    assert_same_run(out, uninterrupted)
+    assert not list(out.glob(".prune-*"))  # the next save cleaned it up

@@ -70,10 +70,13 @@ def check_combinations(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def holds_run(output_dir: pathlib.Path) -> bool:
-    """Whether a folder holds an earlier run: a checkpoint, metrics or a reference cache."""
+    """Whether a folder holds an earlier run: a checkpoint, metrics, a reference cache or the
+    flags a run writes before its reference pass."""
     if list_checkpoints(output_dir):
         return True
-    return any((output_dir / name).exists() for name in ("metrics.jsonl", "ref_cache"))
+    return any(
+        (output_dir / name).exists() for name in ("metrics.jsonl", "ref_cache", "run_args.json")
+    )
 
 
 def _has_cuda() -> bool:

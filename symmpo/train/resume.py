@@ -14,6 +14,8 @@ its new value and the saved one.
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 
 from .cli import UsageError
 
@@ -63,3 +65,30 @@ def continue_run(args: argparse.Namespace, given: set[str], saved: dict, log=pri
 
 def _more_steps(value, before) -> bool:
     return value is not None and before is not None and value > before
+
+
+#: The run's resolved flags, written before its reference pass: a run killed before its first
+#: checkpoint resumes with its own flags too.
+RUN_ARGS = "run_args.json"
+
+
+def write_run_args(output_dir, args: argparse.Namespace) -> None:
+    """``<output_dir>/run_args.json`` (atomically: a temporary file renamed into place)."""
+    path = pathlib.Path(output_dir) / RUN_ARGS
+    tmp = path.with_name(f".{RUN_ARGS}.tmp")
+    tmp.write_text(json.dumps(vars(args), indent=1, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+def saved_run_args(output_dir, checkpoint_state: dict | None) -> dict | None:
+    """The saved flags of the run in ``output_dir``: its latest checkpoint's, else those it
+    wrote before its reference pass, else None."""
+    if checkpoint_state is not None:
+        return checkpoint_state["args"]
+    path = pathlib.Path(output_dir) / RUN_ARGS
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"--resume: {path} is unreadable ({error}); start a new run") from None

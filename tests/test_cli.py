@@ -22,6 +22,8 @@ BAD_FLAGS = [
     (["--global_batch_size", "-8"], "--global_batch_size", "-8", ">= 1"),
     (["--lr", "-1"], "--lr", "-1", "> 0"),
     (["--lr", "nan"], "--lr", "nan", "> 0"),
+    (["--lr", "0"], "--lr", "0", "> 0"),
+    (["--eval_batch_size", "0"], "--eval_batch_size", "0", ">= 1"),
     (["--lr", "fast"], "--lr", "'fast'", "a number"),
     (["--max_length", "0"], "--max_length", "0", ">= 1"),
     (["--save_total_limit", "0"], "--save_total_limit", "0", ">= 1"),

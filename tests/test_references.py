@@ -11,6 +11,7 @@ from symmpo.train.references import (
     PrecomputedReference,
     RecordLogps,
     Scorer,
+    cache_key,
     choose_reference,
     uses_record_logps,
 )
@@ -68,3 +69,17 @@ def test_record_logps_serve_only_sums_of_the_objectives_sequences(make_collator,
     assert not uses_record_logps(averaged, records, collator.objective)
     records[0].ref_logps = None
     assert not uses_record_logps(args, records, collator.objective)
+
+
+def test_cache_key_covers_the_image_preprocessing(tiny, make_collator):
+    tokenizer, model, processor = tiny
+    args = build_parser().parse_args([])
+    parts = ({"tiny": 0}, {"records": "r"})
+    key = cache_key(args, *parts, make_collator(), False, model)
+    assert cache_key(args, *parts, make_collator(), False, model) == key
+    for change in ({"image_mean": [0.5, 0.5, 0.5]}, {"crop_size": {"height": 32, "width": 32}}):
+        other = copy.deepcopy(processor)
+        for name, value in change.items():
+            setattr(other, name, value)
+        collator = make_collator(tiny=(tokenizer, model, other))
+        assert cache_key(args, *parts, collator, False, model) != key, change

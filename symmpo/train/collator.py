@@ -7,7 +7,8 @@ LLaVA-1.5's format: ``USER: <image>\\n{question} ASSISTANT: {answer}</s>``. The 
 expanded to the vision tower's number of patch features; prompt, image and padding positions
 get label -100, the answer and the end-of-sequence token are targets. Sequences are
 right-padded. Truncation to ``max_length`` cuts the answer's tail, never the image tokens; an
-answer left with no token is a bad record.
+answer left with no token is a bad record, and so is an ``<image>`` in a question (one is
+removed when the row is read: ``data.strip_image_placeholder``) or in an answer.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class PreferenceCollator:
         answer = self.tokenizer(
             self._answer_prefix + getattr(record, response), add_special_tokens=False
         )["input_ids"] + [self.tokenizer.eos_token_id]
+        if self.image_token_id in answer:
+            raise BadRecord(record.idx, RESPONSE_FIELDS[response], "holds the image token")
         room = self.max_length - prompt_length
         if room < 1:
             raise BadRecord(
@@ -103,6 +106,18 @@ class PreferenceCollator:
 
     def check(self, record: PreferenceRecord) -> None:
         """Raise BadRecord if any of the record's sequences or images cannot be used."""
+        token = self.template.image_token
+        fields = {"question": record.question}
+        fields.update({RESPONSE_FIELDS[r]: getattr(record, r) for r, _ in self.sequences})
+        for name, text in fields.items():
+            if token in text:
+                problem = (
+                    f"holds {token!r} beyond the one placeholder removed when the row is read "
+                    "(the template places the one image itself)"
+                    if name == "question"
+                    else f"holds {token!r} (an answer cannot place an image)"
+                )
+                raise BadRecord(record.idx, name, problem)
         for response, _ in self.sequences:
             self.encode(record, response)
         record.load_image("image")

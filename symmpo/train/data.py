@@ -7,10 +7,21 @@ fallbacks), optionally ``logps``: the released preprocessing's five reference su
 order of docs/math.md#the-five-sequences (1_w, 1_l, 1_2, 2_w, 2_2). The JSONL layout uses the
 same field names with images given as paths (``image_path_1``, ``image_path_2``, or
 ``image_1``/``image_2`` as strings), relative to the JSONL file.
+
+LLaVA-style questions often hold the image placeholder (``"<image>\\nWhat is in the picture?"``):
+one placeholder is removed when a row is read (leading, trailing or anywhere) since the prompt
+template places the image itself; any other ``<image>`` in the question, or one in an answer, is
+refused by the collator's check (BadRecord naming the idx and field).
+
+Images are decoded to 8-bit RGB (``to_rgb``): 16-bit greyscale (modes ``I;16*`` and ``I``) is
+rescaled to 8 bits (v / 257, rounded) rather than clipped; floating-point images (mode ``F``,
+range unknown) and integer images outside 0..65535 are refused; transparency is dropped as
+PIL's ``convert("RGB")`` (and LLaVA's loaders) do: the colour stored under a pixel shows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -18,9 +29,11 @@ import pathlib
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 REQUIRED_TEXT = ("question", "resp_1_w", "resp_1_l", "resp_2_w")
+IMAGE_PLACEHOLDER = "<image>"
 
 
 class BadRecord(ValueError):
@@ -56,7 +69,7 @@ class PreferenceRecord:
 def decode_image(source, idx, name: str, base_dir=None, verify_only: bool = False):
     try:
         if isinstance(source, Image.Image):
-            return source.convert("RGB")
+            return to_rgb(source, idx, name)
         if isinstance(source, dict):
             if source.get("bytes"):
                 image = Image.open(io.BytesIO(source["bytes"]))
@@ -71,11 +84,76 @@ def decode_image(source, idx, name: str, base_dir=None, verify_only: bool = Fals
         if verify_only:
             image.verify()
             return None
-        return image.convert("RGB")
+        return to_rgb(image, idx, name)
     except BadRecord:
         raise
     except Exception as error:  # PIL raises many kinds; all mean "unreadable"
         raise BadRecord(idx, name, f"is not a readable image ({error})") from error
+
+
+def to_rgb(image: Image.Image, idx=None, name: str = "image") -> Image.Image:
+    """8-bit RGB: 16-bit greyscale rescaled (not clipped), ``F`` refused, alpha dropped."""
+    mode = image.mode
+    if mode == "F":
+        raise BadRecord(
+            idx, name, "is a floating-point image (mode F, range unknown); save it 8-bit"
+        )
+    if mode == "I" or mode.startswith("I;"):
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise BadRecord(idx, name, f"has {mode} samples outside 0..65535; save it 8-bit")
+        image = Image.fromarray(((values + 128) // 257).astype(np.uint8), mode="L")
+    elif mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # PIL warns on P -> RGB with transparency; same pixels
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def image_digest(source, base_dir=None) -> bytes:
+    """SHA-256 of an image as stored: its bytes, the file at its path (relative to
+    ``base_dir``), or a PIL image's mode, size and pixels; of the error if unreadable."""
+    digest = hashlib.sha256()
+    try:
+        if isinstance(source, Image.Image):
+            digest.update(f"pil:{source.mode}:{source.size}:".encode())
+            digest.update(source.tobytes())
+        elif isinstance(source, dict) and source.get("bytes"):
+            digest.update(b"bytes:")
+            digest.update(source["bytes"])
+        else:
+            path = source.get("path") if isinstance(source, dict) else source
+            with _resolve(path, base_dir).open("rb") as f:
+                digest.update(b"file:")
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    except Exception as error:  # unreadable: the check refuses it; the key still differs
+        digest.update(f"unreadable:{type(error).__name__}:{source!r}".encode())
+    return digest.digest()
+
+
+def records_fingerprint(records) -> str:
+    """SHA-256 (hex) of what reference log-probs depend on in the data: for every record in
+    order its idx, question, responses, logps and the bytes of both images (read once)."""
+    digest = hashlib.sha256()
+    for r in records:
+        text = [str(r.idx), r.question, r.chosen, r.rejected, r.contrast, r.ref_logps]
+        digest.update(json.dumps(text).encode() + b"\0")
+        digest.update(image_digest(r.image, r.base_dir))
+        digest.update(image_digest(r.contrast_image, r.base_dir))
+    return digest.hexdigest()
+
+
+def strip_image_placeholder(question: str) -> str:
+    """The question without its first ``<image>`` (LLaVA-style data's placeholder; the
+    template places the image itself): leading ``<image>\\n``, trailing ``\\n<image>`` or bare."""
+    before, found, after = question.partition(IMAGE_PLACEHOLDER)
+    if not found:
+        return question
+    if not before.strip():
+        return after.lstrip()
+    if not after.strip():
+        return before.rstrip()
+    gap = before[len(before.rstrip()) :] + after[: len(after) - len(after.lstrip())]
+    return before.rstrip() + ("\n" if "\n" in gap else " " if gap else "") + after.lstrip()
 
 
 def _resolve(path, base_dir) -> pathlib.Path:
@@ -88,12 +166,16 @@ def record_from_row(row: dict, base_dir=None) -> PreferenceRecord:
     idx = row.get("idx")
     if idx is None:
         raise BadRecord(None, "idx", "is missing")
+    text = {}
     for name in REQUIRED_TEXT:
         value = row.get(name)
         if value is None:
             raise BadRecord(idx, name, "is missing")
+        if name == "question" and isinstance(value, str):
+            value = strip_image_placeholder(value)
         if not isinstance(value, str) or not value.strip():
             raise BadRecord(idx, name, "is empty" if isinstance(value, str) else "is not text")
+        text[name] = value
     images = []
     for k in (1, 2):
         source = row.get(f"image_{k}") or row.get(f"image_path_{k}")
@@ -104,10 +186,10 @@ def record_from_row(row: dict, base_dir=None) -> PreferenceRecord:
         images.append(source)
     return PreferenceRecord(
         idx=idx,
-        question=row["question"],
-        chosen=row["resp_1_w"],
-        rejected=row["resp_1_l"],
-        contrast=row["resp_2_w"],
+        question=text["question"],
+        chosen=text["resp_1_w"],
+        rejected=text["resp_1_l"],
+        contrast=text["resp_2_w"],
         image=images[0],
         contrast_image=images[1],
         ref_logps=_parse_logps(row.get("logps"), idx),

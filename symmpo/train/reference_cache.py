@@ -2,8 +2,10 @@
 
 The cache is one JSONL file per fingerprint, ``ref_logps-<fingerprint>.jsonl``, one line per
 record: ``{"idx": ..., "logps": [K floats]}``. The fingerprint hashes the model's identity,
-the data's identity, the prompt template, the max length and the loss: any change selects
-another file, so a stale cache is never read. Lines are appended and flushed batch by batch:
+the data's content (``data.records_fingerprint``: every record's text and image bytes, not a
+file's size and mtime), the prompt template, the image preprocessing, the max length and the
+loss (``references.cache_key``): any change selects another file, so a stale cache is never
+read. Lines are appended and flushed batch by batch:
 an interrupted pass resumes where it stopped (a torn last line is ignored and recomputed).
 """
 
@@ -22,13 +24,6 @@ def fingerprint(**parts) -> str:
     """16 hex digits of the SHA-256 of ``parts`` as canonical JSON."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def file_identity(path: str | pathlib.Path) -> dict:
-    """Path, size and modification time of a file, or of every file under a folder."""
-    path = pathlib.Path(path).resolve()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
 
 
 class ReferenceCache:

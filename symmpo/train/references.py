@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .forwards import score_batch
 from .reference_cache import ReferenceCache, fingerprint
+from .update_guard import NonFiniteTraining
 
 
 @dataclass
@@ -77,6 +79,13 @@ class PrecomputedReference:
                 records, collator, score, batch_size, rank, world, barrier or (lambda: None)
             )
         model.train(was_training)
+        bad = [r.idx for r in records if not all(map(math.isfinite, self.cache.values[str(r.idx)]))]
+        if bad:
+            raise NonFiniteTraining(
+                f"the reference pass scored {len(bad)} record(s) as non-finite (first idx="
+                f"{bad[0]}) in {self.cache.path}: the initial model's weights hold NaN or inf; "
+                "fix the model (and delete that cache file) before training"
+            )
         return (
             f"reference log-probs: {n} computed over {world} process(es), cache {self.cache.path}"
         )
@@ -114,12 +123,17 @@ class FrozenCopyReference:
 
 
 def cache_key(args, model_identity: dict, data_identity: dict, collator, bf16: bool, model) -> str:
-    """The fingerprint of everything a precomputed reference log-prob depends on."""
+    """The fingerprint of everything a precomputed reference log-prob depends on: the model
+    (its identity holds its config), the data's content, the template, the image
+    preprocessing (the image processor's config: size, crop, mean/std...) and the flags."""
     objective = collator.objective
+    processor = collator.image_processor
+    to_json = getattr(processor, "to_json_string", None)
     return fingerprint(
         model=model_identity,
         data=data_identity,
         template=collator.template.version,
+        image_processor=to_json() if to_json else repr(processor),
         max_length=args.max_length,
         loss=objective.name,
         average=args.average_log_prob,

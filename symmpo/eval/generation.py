@@ -23,7 +23,7 @@ def generate_answers(model, collator, questions, images, max_new_tokens: int = 4
     answers = []
     for question, image in zip(questions, images, strict=True):
         ids = torch.tensor([collator.encode_prompt(question)], device=device)
-        pixels = collator.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        pixels = collator.pixel_values([image])
         out = llava.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),

@@ -118,6 +118,7 @@ def build_collator(args, model, tokenizer, processor) -> PreferenceCollator:
         max_length=args.max_length,
         objective=args.loss,
         seed=args.seed,
+        image_aspect_ratio=getattr(args, "image_aspect_ratio", "crop"),
     )
 
 

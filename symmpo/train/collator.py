@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import BadRecord, PreferenceRecord, corrupt_image
+from .images import IMAGE_ASPECT_RATIOS, pixel_values
 from .objectives import Objective, get_objective
 
 RESPONSE_FIELDS = {"chosen": "resp_1_w", "rejected": "resp_1_l", "contrast": "resp_2_w"}
@@ -49,10 +50,17 @@ class PreferenceCollator:
         objective: str | Objective = "symmpo",
         seed: int = 0,
         template: LlavaTemplate | None = None,
+        image_aspect_ratio: str = "crop",
     ):
         self.objective = get_objective(objective)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(
+                f"image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, "
+                f"got {image_aspect_ratio!r}"
+            )
+        self.image_aspect_ratio = image_aspect_ratio  # symmpo.train.images: crop or pad
         self.image_token_id = image_token_id
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
@@ -126,6 +134,10 @@ class PreferenceCollator:
 
     # -- a batch ------------------------------------------------------------------------------
 
+    def pixel_values(self, images: list) -> torch.Tensor:
+        """(N, 3, H, W) pixel values of PIL images, preprocessed as ``image_aspect_ratio``."""
+        return pixel_values(self.image_processor, images, self.image_aspect_ratio)
+
     def images(self, records: list[PreferenceRecord]) -> list:
         """Slot-major images: slot 0 of every example, then slot 1 (if the loss has one)."""
         images = [r.load_image("image") for r in records]
@@ -152,9 +164,7 @@ class PreferenceCollator:
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(labs)] = torch.tensor(labs)
             attention_mask[row, : len(ids)] = 1
-        pixel_values = self.image_processor(images=self.images(records), return_tensors="pt")[
-            "pixel_values"
-        ]
+        pixel_values = self.pixel_values(self.images(records))
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

@@ -105,6 +105,13 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         "--n_train", type=POSITIVE_INT, default=384, help="embedded set: training records"
     )
     data.add_argument(
+        "--image_aspect_ratio",
+        choices=("crop", "pad"),
+        default="crop",
+        help="crop: the image processor alone (the released training, and its logps); pad: "
+        "pad to a square with the processor's mean colour first (LLaVA-1.5's own recipe)",
+    )
+    data.add_argument(
         "--max_length",
         type=POSITIVE_INT,
         default=2048,

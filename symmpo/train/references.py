@@ -134,6 +134,7 @@ def cache_key(args, model_identity: dict, data_identity: dict, collator, bf16: b
         data=data_identity,
         template=collator.template.version,
         image_processor=to_json() if to_json else repr(processor),
+        image_aspect_ratio=collator.image_aspect_ratio,
         max_length=args.max_length,
         loss=objective.name,
         average=args.average_log_prob,

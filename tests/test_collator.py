@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from symmpo.train.data import BadRecord
 from symmpo.train.model import num_image_tokens
 
 
@@ -55,3 +56,21 @@ def test_image_placeholders_are_stripped_once_else_refused_by_idx(tiny, make_col
             collator.check(record)
     good, skipped = check_records(records, collator, skip_bad=True)
     assert [r.idx for r in good] == [row["idx"]] and [e.idx for e in skipped] == [7, 8]
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [
+        ("question", "What is shown? ASSISTANT: a cat"),
+        ("resp_1_w", "A red square.</s> Then more"),
+        ("resp_2_w", "USER: ignore this"),
+    ],
+)
+def test_the_templates_separators_in_a_record_are_refused_by_idx(
+    make_collator, make_records, field, text
+):
+    record = make_records(1, seed=9)[0]
+    attribute = {"question": "question", "resp_1_w": "chosen", "resp_2_w": "contrast"}[field]
+    setattr(record, attribute, text)
+    with pytest.raises(BadRecord, match=rf"idx={record.idx}: field '{field}' holds the template"):
+        make_collator().check(record)

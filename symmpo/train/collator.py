@@ -30,6 +30,8 @@ class LlavaTemplate:
 
     version: str = "llava-1.5-v1"
     image_token: str = "<image>"
+    #: Text that splits the conversation into turns and roles; a record holding one is refused.
+    separators: tuple[str, ...] = ("</s>", "ASSISTANT:", "USER:")
 
     def prompt(self, question: str) -> str:
         return f"USER: {self.image_token}\n{question} ASSISTANT:"
@@ -126,6 +128,13 @@ class PreferenceCollator:
                     else f"holds {token!r} (an answer cannot place an image)"
                 )
                 raise BadRecord(record.idx, name, problem)
+            for separator in self.template.separators:
+                if separator in text:
+                    problem = (
+                        f"holds the template's separator {separator!r}: the released "
+                        "preprocessing would mask every label of such a sequence"
+                    )
+                    raise BadRecord(record.idx, name, problem)
         for response, _ in self.sequences:
             self.encode(record, response)
         record.load_image("image")

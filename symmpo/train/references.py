@@ -48,8 +48,6 @@ def autocast(device: torch.device, enabled: bool):
 
 
 class RecordLogps:
-    name = "the data's logps column"
-
     def prepare(self, *args, **kwargs) -> str:
         return "reference log-probs: the data's logps column (no reference pass)"
 
@@ -60,8 +58,6 @@ class RecordLogps:
 class PrecomputedReference:
     """One pass of the initial model (adapters disabled under LoRA), sharded over processes,
     cached in ``folder`` under ``key``; resumed if interrupted."""
-
-    name = "precomputed"
 
     def __init__(self, folder, key: str, scorer: Scorer, model, lora: bool):
         self.cache = ReferenceCache(folder, key)
@@ -95,8 +91,6 @@ class PrecomputedReference:
 
 
 class AdaptersOffReference:
-    name = "lora"
-
     def __init__(self, model, scorer: Scorer):
         self.model, self.scorer = model, scorer
 
@@ -109,8 +103,6 @@ class AdaptersOffReference:
 
 
 class FrozenCopyReference:
-    name = "model"
-
     def __init__(self, model, scorer: Scorer):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.scorer = scorer

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 
 class NonFiniteTraining(RuntimeError):
     """Training stopped: too many non-finite updates in a row."""
@@ -46,7 +44,3 @@ class UpdateGuard:
                 "check the model's weights and the data, or lower --lr"
             )
         return False
-
-
-def is_finite(value: torch.Tensor | float | None) -> bool:
-    return value is None or math.isfinite(float(value))

@@ -13,7 +13,7 @@ from symmpo.train.references import (
     Scorer,
     cache_key,
     choose_reference,
-    uses_record_logps,
+    record_logps_fit,
 )
 
 
@@ -52,23 +52,48 @@ def test_frozen_copy_keeps_the_initial_weights(tiny, make_collator, make_records
     torch.testing.assert_close(reference(batch), initial)
 
 
-def test_record_logps_serve_only_sums_of_the_objectives_sequences(make_collator, make_records):
+def test_record_logps_serve_the_objectives_sequences_under_the_released_format_only(
+    tiny, make_collator, make_records
+):
+    from symmpo.train.collator import PreferenceCollator
+    from symmpo.train.model import num_image_tokens
+
     records = make_records(3, seed=2)
     for record in records:
         record.ref_logps = [-1.0, -2.0, -3.0, -4.0, -5.0]
+        record.ref_avg_logps = [-0.1, -0.2, -0.3, -0.4, -0.5]
     args = build_parser().parse_args([])
     collator = make_collator()
-    assert uses_record_logps(args, records, collator.objective)
+    assert record_logps_fit(args, records, collator) == (True, None)
     batch = collator(records)
     assert torch.equal(
         RecordLogps()(batch),
         torch.tensor([-1.0, -1, -1, -2, -2, -2, -3, -3, -3, -4, -4, -4, -5, -5, -5]),
     )
-    assert not uses_record_logps(args, records, make_collator("mdpo").objective)  # cropped m
     averaged = build_parser().parse_args(["--average_log_prob"])
-    assert not uses_record_logps(averaged, records, collator.objective)
+    assert record_logps_fit(averaged, records, collator) == (True, None)
+    assert torch.equal(RecordLogps(average=True)(batch), batch["ref_avg_logps"])
+    assert torch.allclose(batch["ref_avg_logps"][::3], torch.tensor([-0.1, -0.2, -0.3, -0.4, -0.5]))
+    assert record_logps_fit(args, records, make_collator("mdpo")) == (False, None)  # cropped m
+
+    tokenizer, model, processor = tiny
+    for template, images in (("processor", "crop"), ("llava_v1", "pad")):
+        other = PreferenceCollator(
+            tokenizer,
+            processor,
+            model.config.image_token_id,
+            num_image_tokens(model.config),
+            template=template,
+            image_aspect_ratio=images,
+        )
+        fits, reason = record_logps_fit(args, records, other)
+        assert not fits and "\n" not in reason
+        assert f"this run uses --template {template} --image_aspect_ratio {images}" in reason
+    records[1].ref_avg_logps = None  # 5 sums only: no averages to serve
+    fits, reason = record_logps_fit(averaged, records, collator)
+    assert not fits and "holds sums only" in reason
     records[0].ref_logps = None
-    assert not uses_record_logps(args, records, collator.objective)
+    assert record_logps_fit(args, records, collator) == (False, None)
 
 
 def test_cache_key_covers_the_image_preprocessing(tiny, make_collator):

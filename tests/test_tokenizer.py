@@ -30,7 +30,7 @@ def tok():
 def test_special_tokens_take_ids_0_to_4_in_order(tok):
     for expected_id, token in enumerate(SPECIAL_TOKENS.values()):
         assert tok.convert_tokens_to_ids(token) == expected_id
-        assert tok(token)["input_ids"] == [expected_id]
+        assert tok(token, add_special_tokens=False)["input_ids"] == [expected_id]
     assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 3)
     assert tok.image_token == "<image>" and tok.image_token_id == 4
     assert set(SPECIAL_TOKENS.values()) <= set(tok.all_special_tokens)
@@ -40,23 +40,23 @@ def test_special_tokens_are_never_split_inside_text(tok):
     ids = tok("USER: <image>\nWhat is it? ASSISTANT:")["input_ids"]
     assert ids.count(tok.image_token_id) == 1
     assert "<image>" in tok.convert_ids_to_tokens(ids)
-    ids = tok("x<image>y<s>z</s><pad>w<unk>")["input_ids"]
+    ids = tok("x<image>y<s>z</s><pad>w<unk>", add_special_tokens=False)["input_ids"]
     for special_id in range(len(SPECIAL_TOKENS)):
         assert ids.count(special_id) == 1
 
 
 @pytest.mark.parametrize("text", ARBITRARY_TEXTS)
 def test_arbitrary_utf8_round_trips_without_unknowns(tok, text):
-    ids = tok.encode(text)
+    ids = tok.encode(text, add_special_tokens=False)
     assert tok.unk_token_id not in ids
     assert tok.decode(ids) == text
 
 
-def test_no_bos_or_eos_is_added_by_default(tok):
+def test_bos_and_no_eos_is_added_by_default_as_llama_does(tok):
     ids = tok("abc")["input_ids"]
-    assert ids == tok("abc", add_special_tokens=False)["input_ids"]
-    assert tok.bos_token_id not in ids and tok.eos_token_id not in ids
-    assert tok.decode(ids) == "abc"
+    assert ids == [tok.bos_token_id, *tok("abc", add_special_tokens=False)["input_ids"]]
+    assert tok.eos_token_id not in ids and ids.count(tok.bos_token_id) == 1
+    assert tok.decode(ids, skip_special_tokens=True) == "abc"
 
 
 def test_building_twice_gives_identical_tokenizers():

@@ -118,7 +118,8 @@ def build_collator(args, model, tokenizer, processor) -> PreferenceCollator:
         max_length=args.max_length,
         objective=args.loss,
         seed=args.seed,
-        image_aspect_ratio=getattr(args, "image_aspect_ratio", "crop"),
+        template=args.template,
+        image_aspect_ratio=args.image_aspect_ratio,
     )
 
 
@@ -221,7 +222,8 @@ def rebuild_run(checkpoint) -> RebuiltRun:
     as in training), and its initial model as the reference (adapters disabled under LoRA, a
     second model otherwise), scored online."""
     state = read_trainer_state(checkpoint)  # verified against its manifest first
-    run = SimpleNamespace(**{"shared_attention": "auto", **state["args"]})
+    defaults = {"shared_attention": "auto", "template": "llava_v1", "image_aspect_ratio": "crop"}
+    run = SimpleNamespace(**{**defaults, **state["args"]})
     run.gradient_checkpointing = run.liger = False  # evaluation needs neither
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda" and not run.no_bf16

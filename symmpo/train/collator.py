@@ -1,46 +1,36 @@
 """Batches of kind-major sequences for one policy pass, each distinct image once.
 
 The sequences and their order are the objective's (``symmpo.train.objectives``; for SymMPO the
-five of docs/math.md#the-five-sequences).
+five of docs/math.md#the-five-sequences). Each is a conversation of the run's template
+(``symmpo.train.templates``: the released ``llava_v1`` by default, or the checkpoint processor's
+chat template), which also says which tokens are targets. The one image token is expanded to the
+vision tower's number of patch features (label -100); then the sequence is cut to ``max_length``
+tokens as the released training does (its model cuts the expanded sequence): the answer's tail
+goes, never the image tokens. Sequences are right-padded.
 
-LLaVA-1.5's format: ``USER: <image>\\n{question} ASSISTANT: {answer}</s>``. The <image> token is
-expanded to the vision tower's number of patch features; prompt, image and padding positions
-get label -100, the answer and the end-of-sequence token are targets. Sequences are
-right-padded. Truncation to ``max_length`` cuts the answer's tail, never the image tokens; an
-answer left with no token is a bad record, and so is an ``<image>`` in a question (one is
-removed when the row is read: ``data.strip_image_placeholder``) or in an answer.
+Refused by idx (BadRecord): an empty answer, text holding the template's separators (the
+released preprocessing would mask every label), a sequence the template cannot split into
+prompt and answer, one with no target left after truncation, and an ``<image>`` in a question
+(one is removed when the row is read: ``data.strip_image_placeholder``) or in an answer.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from .data import BadRecord, PreferenceRecord, corrupt_image
 from .images import IMAGE_ASPECT_RATIOS, pixel_values
 from .objectives import Objective, get_objective
+from .templates import IMAGE, TemplateError, get_template
 
 RESPONSE_FIELDS = {"chosen": "resp_1_w", "rejected": "resp_1_l", "contrast": "resp_2_w"}
 
 
-@dataclass(frozen=True)
-class LlavaTemplate:
-    """The LLaVA-1.5 conversation format (its version string enters the reference-cache key)."""
-
-    version: str = "llava-1.5-v1"
-    image_token: str = "<image>"
-    #: Text that splits the conversation into turns and roles; a record holding one is refused.
-    separators: tuple[str, ...] = ("</s>", "ASSISTANT:", "USER:")
-
-    def prompt(self, question: str) -> str:
-        return f"USER: {self.image_token}\n{question} ASSISTANT:"
-
-
 class PreferenceCollator:
     """records -> {input_ids, attention_mask, labels (K*B, L), pixel_values (S*B, 3, H, W),
-    image_index (K*B,), idx, ref_logps (K*B,) or None, n_tokens} for the K sequences and S
-    image slots of one example that ``objective`` (an Objective or a ``--loss`` name) needs."""
+    image_index (K*B,), idx, ref_logps and ref_avg_logps (K*B,) or None, n_tokens, shared} for
+    the K sequences and S image slots of one example that ``objective`` (an Objective or a
+    ``--loss`` name) needs. ``template``: a ``--template`` name or a template object."""
 
     def __init__(
         self,
@@ -51,7 +41,7 @@ class PreferenceCollator:
         max_length: int = 2048,
         objective: str | Objective = "symmpo",
         seed: int = 0,
-        template: LlavaTemplate | None = None,
+        template="llava_v1",
         image_aspect_ratio: str = "crop",
     ):
         self.objective = get_objective(objective)
@@ -67,65 +57,64 @@ class PreferenceCollator:
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
         self.seed = seed
-        self.template = template or LlavaTemplate()
+        self.template = get_template(template, tokenizer) if isinstance(template, str) else template
         self.sequences = self.objective.sequences
-        first = tokenizer.tokenize("a")
-        self._answer_prefix = "" if first and first[0].startswith("\u2581") else " "
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id
 
     # -- one sequence -------------------------------------------------------------------------
 
-    def encode_prompt(self, question: str) -> list[int]:
-        """[bos] + tokens of the prompt with <image> expanded to num_image_tokens ids."""
-        ids = self.tokenizer(self.template.prompt(question), add_special_tokens=True)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        if bos is not None and (not ids or ids[0] != bos):
-            ids = [bos, *ids]
+    def expand_image(self, ids: list[int], labels: list[int] | None = None):
+        """``ids`` (and ``labels``) with the one image token repeated num_image_tokens times."""
         where = [i for i, t in enumerate(ids) if t == self.image_token_id]
         if len(where) != 1:
-            raise ValueError(
-                f"the prompt must tokenize to exactly one {self.template.image_token} token, "
-                f"found {len(where)}; is {self.template.image_token!r} a special token?"
-            )
-        i = where[0]
-        return ids[:i] + [self.image_token_id] * self.num_image_tokens + ids[i + 1 :]
+            raise TemplateError(f"tokenizes to {len(where)} image tokens, not 1")
+        i, n = where[0], self.num_image_tokens
+        ids = ids[:i] + [self.image_token_id] * n + ids[i + 1 :]
+        if labels is None:
+            return ids
+        return ids, labels[:i] + [-100] * n + labels[i + 1 :]
+
+    def encode_prompt(self, question: str) -> list[int]:
+        """The generation prompt's ids, the image token expanded."""
+        ids = self.template.prompt_ids(self.tokenizer, question, self.image_token_id)
+        return self.expand_image(ids)
 
     def encode(self, record: PreferenceRecord, response: str) -> tuple[list[int], list[int]]:
-        """(input_ids, labels) of one sequence; BadRecord when no answer token survives."""
-        prompt = self.encode_prompt(record.question)
-        answer = self.encode_answer(record, response, len(prompt))
-        return prompt + answer, [-100] * len(prompt) + answer
-
-    def encode_answer(self, record: PreferenceRecord, response: str, prompt_length: int):
-        """The answer's ids and </s>, cut to fit max_length after a prompt of that length."""
-        answer = self.tokenizer(
-            self._answer_prefix + getattr(record, response), add_special_tokens=False
-        )["input_ids"] + [self.tokenizer.eos_token_id]
-        if self.image_token_id in answer:
-            raise BadRecord(record.idx, RESPONSE_FIELDS[response], "holds the image token")
-        room = self.max_length - prompt_length
-        if room < 1:
+        """(input_ids, labels) of one sequence, cut to max_length; BadRecord when the template
+        cannot score it or no target token survives the cut."""
+        field = RESPONSE_FIELDS[response]
+        try:
+            ids, labels = self.template.encode(
+                self.tokenizer, record.question, getattr(record, response), self.image_token_id
+            )
+            ids, labels = self.expand_image(ids, labels)
+        except TemplateError as error:
+            problem = f"under --template {self.template.name}: {error}"
+            raise BadRecord(record.idx, field, problem) from error
+        first = next((i for i, label in enumerate(labels) if label != -100), len(labels))
+        if first >= self.max_length:
             raise BadRecord(
                 record.idx,
-                RESPONSE_FIELDS[response],
-                f"has no target token left: the prompt alone is {prompt_length} tokens "
+                field,
+                f"has no target token left: the prompt alone is {first} tokens "
                 f"(max_length {self.max_length}); image tokens are never truncated",
             )
-        return answer[:room]
+        return ids[: self.max_length], labels[: self.max_length]
 
     def check(self, record: PreferenceRecord) -> None:
         """Raise BadRecord if any of the record's sequences or images cannot be used."""
-        token = self.template.image_token
         fields = {"question": record.question}
         fields.update({RESPONSE_FIELDS[r]: getattr(record, r) for r, _ in self.sequences})
         for name, text in fields.items():
-            if token in text:
+            if name != "question" and not text.strip():
+                raise BadRecord(record.idx, name, "is empty: there is no answer to score")
+            if IMAGE in text:
                 problem = (
-                    f"holds {token!r} beyond the one placeholder removed when the row is read "
+                    f"holds {IMAGE!r} beyond the one placeholder removed when the row is read "
                     "(the template places the one image itself)"
                     if name == "question"
-                    else f"holds {token!r} (an answer cannot place an image)"
+                    else f"holds {IMAGE!r} (an answer cannot place an image)"
                 )
                 raise BadRecord(record.idx, name, problem)
             for separator in self.template.separators:
@@ -182,6 +171,7 @@ class PreferenceCollator:
             "image_index": torch.tensor(image_index),
             "idx": [r.idx for r in records],
             "ref_logps": self._ref_logps(records),
+            "ref_avg_logps": self._ref_logps(records, averages=True),
             "n_tokens": int(attention_mask.sum()),
             "shared": self.shared_layout(records),
         }
@@ -204,15 +194,16 @@ class PreferenceCollator:
         segments = [[] for _ in range(slots * batch)]
         gather = [None] * (len(self.sequences) * batch)
         for i, record in enumerate(records):
-            prompt = self.encode_prompt(record.question)
+            encoded = [self.encode(record, response) for response, _ in self.sequences]
+            prompt = self.shared_prompt(record, encoded)
             for slot in range(slots):
                 row = slot * batch + i
                 rows[row] += prompt
                 positions[row] += list(range(len(prompt)))
                 segments[row] += [0] * len(prompt)
-            for k, (response, slot) in enumerate(self.sequences):
+            for k, ((ids, _), (_, slot)) in enumerate(zip(encoded, self.sequences, strict=True)):
                 row = slot * batch + i
-                answer = self.encode_answer(record, response, len(prompt))
+                answer = ids[len(prompt) :]
                 start = len(rows[row])
                 rows[row] += answer
                 positions[row] += list(range(len(prompt), len(prompt) + len(answer)))
@@ -243,9 +234,27 @@ class PreferenceCollator:
             "n_tokens": int((seg >= 0).sum()),
         }
 
-    def _ref_logps(self, records):
-        """(K*B,) kind-major reference log-probs from the records' ``logps``, else None."""
-        if not self.objective.record_logps or any(r.ref_logps is None for r in records):
+    def shared_prompt(self, record: PreferenceRecord, encoded: list) -> list[int]:
+        """The prefix every sequence of ``record`` shares: its tokens before the first target
+        (BadRecord if an answer changes how they tokenize, or scores a prompt token)."""
+        ids, labels = encoded[0]
+        prompt = ids[: next(i for i, label in enumerate(labels) if label != -100)]
+        for (response, _), (ids, labels) in zip(self.sequences, encoded, strict=True):
+            answer = labels[len(prompt) :]
+            if ids[: len(prompt)] != prompt or -100 in answer or labels[len(prompt) - 1] != -100:
+                raise BadRecord(
+                    record.idx,
+                    RESPONSE_FIELDS[response],
+                    "changes how the shared prompt tokenizes, so --forward shared cannot "
+                    "share it; use --forward padded",
+                )
+        return prompt
+
+    def _ref_logps(self, records, averages: bool = False):
+        """(K*B,) kind-major reference log-probs from the records' ``logps`` (its sums, or its
+        averages), else None."""
+        values = [r.ref_avg_logps if averages else r.ref_logps for r in records]
+        if not self.objective.record_logps or any(v is None for v in values):
             return None
         kinds = range(len(self.sequences))  # symmpo: all five; dpo: the first two
-        return torch.tensor([r.ref_logps[k] for k in kinds for r in records])
+        return torch.tensor([v[k] for k in kinds for v in values])

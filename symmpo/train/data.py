@@ -3,8 +3,10 @@ embedded synthetic set, and checking every record before training.
 
 A record has the released dataset's fields: ``idx, question, resp_1_w, resp_1_l, resp_2_w,
 image_1, image_2`` (images as ``{"bytes": ..., "path": ...}``; ``image_path_1/2`` as
-fallbacks), optionally ``logps``: the released preprocessing's five reference sums in the
-order of docs/math.md#the-five-sequences (1_w, 1_l, 1_2, 2_w, 2_2). The JSONL layout uses the
+fallbacks), optionally ``logps``: reference log-probs of the five sequences in the order of
+docs/math.md#the-five-sequences (1_w, 1_l, 1_2, 2_w, 2_2), as the released data writes them: a
+JSON ``{"logps": [...]}`` (or the bare list) of 15 values, the five sums, the five averages, then
+the five per-token lists; a list of just the five sums is read too. The JSONL layout uses the
 same field names with images given as paths (``image_path_1``, ``image_path_2``, or
 ``image_1``/``image_2`` as strings), relative to the JSONL file.
 
@@ -55,7 +57,8 @@ class PreferenceRecord:
     contrast: str  # resp_2_w: y_w', preferred on m'
     image: object  # encoded image: {"bytes", "path"} dict, a path, or a PIL image
     contrast_image: object
-    ref_logps: list[float] | None = None
+    ref_logps: list[float] | None = None  # logps: the five sums
+    ref_avg_logps: list[float] | None = None  # logps: the five averages (15-value form only)
     base_dir: pathlib.Path | None = None
     extra: dict = field(default_factory=dict)
 
@@ -135,7 +138,8 @@ def records_fingerprint(records) -> str:
     order its idx, question, responses, logps and the bytes of both images (read once)."""
     digest = hashlib.sha256()
     for r in records:
-        text = [str(r.idx), r.question, r.chosen, r.rejected, r.contrast, r.ref_logps]
+        text = [str(r.idx), r.question, r.chosen, r.rejected, r.contrast]
+        text += [r.ref_logps, r.ref_avg_logps]
         digest.update(json.dumps(text).encode() + b"\0")
         digest.update(image_digest(r.image, r.base_dir))
         digest.update(image_digest(r.contrast_image, r.base_dir))
@@ -192,31 +196,47 @@ def record_from_row(row: dict, base_dir=None) -> PreferenceRecord:
         contrast=text["resp_2_w"],
         image=images[0],
         contrast_image=images[1],
-        ref_logps=_parse_logps(row.get("logps"), idx),
+        **_parse_logps(row.get("logps"), idx),
         base_dir=base_dir,
         extra={k: v for k, v in row.items() if k.startswith("scene_")},
     )
 
 
-def _parse_logps(value, idx):
-    """The released preprocessing's ``logps``: five finite numbers (nested lists flattened)."""
+def _parse_logps(value, idx) -> dict:
+    """``ref_logps`` (5 sums) and ``ref_avg_logps`` (5 averages or None) from a ``logps`` value:
+    the released 15 values (in a ``{"logps": ...}`` object or bare, JSON text or parsed) or 5
+    sums. BadRecord for anything else or a non-finite sum or average."""
     if value is None:
-        return None
+        return {}
     if isinstance(value, str):
         value = json.loads(value)
-    flat = []
+    if isinstance(value, dict):
+        if "logps" not in value:
+            raise BadRecord(idx, "logps", f"is an object without a 'logps' key: {sorted(value)}")
+        value = value["logps"]
+    value = value.tolist() if hasattr(value, "tolist") else list(value)
+    if len(value) == 15:
+        sums, averages = _numbers(value[:5], idx), _numbers(value[5:10], idx)
+    elif len(value) == 5:
+        sums, averages = _numbers(value, idx), None
+    else:
+        raise BadRecord(
+            idx,
+            "logps",
+            f"holds {len(value)} values; expected the released 15 (5 sums, 5 averages, 5 "
+            "per-token lists) or 5 sums",
+        )
+    return {"ref_logps": sums, "ref_avg_logps": averages}
 
-    def walk(v):
-        if isinstance(v, (list, tuple)) or hasattr(v, "tolist") and not isinstance(v, float):
-            for item in v.tolist() if hasattr(v, "tolist") else v:
-                walk(item)
-        else:
-            flat.append(float(v))
 
-    walk(value)
-    if len(flat) != 5 or not all(math.isfinite(v) for v in flat):
-        raise BadRecord(idx, "logps", f"must hold 5 finite numbers, got {flat}")
-    return flat
+def _numbers(values, idx) -> list[float]:
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 5 or not all(math.isfinite(v) for v in numbers):
+        raise BadRecord(idx, "logps", f"must hold 5 finite sums and averages, got {values}")
+    return numbers
 
 
 def load_records(source: str, skip_bad: bool = False):

@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Callable
 
 from .model import LORA_PRESET
+from .templates import TEMPLATES
 
 LOSSES = ("symmpo", "dpo", "mdpo")  # symmpo.train.objectives.OBJECTIVES, without importing torch
 
@@ -103,6 +104,14 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--n_train", type=POSITIVE_INT, default=384, help="embedded set: training records"
+    )
+    data.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default="llava_v1",
+        help="llava_v1: the released training's conversation and targets (system sentence, "
+        "USER/ASSISTANT, </s> scored; what its logps were computed under); processor: the "
+        "checkpoint processor's chat template",
     )
     data.add_argument(
         "--image_aspect_ratio",

@@ -112,7 +112,10 @@ def load_llava(
         local_files_only=True,
         attn_implementation=attention_implementation(device, shared_prefix),
     )
-    return model, processor.tokenizer, processor.image_processor
+    tokenizer = processor.tokenizer
+    if getattr(processor, "chat_template", None) and not tokenizer.chat_template:
+        tokenizer.chat_template = processor.chat_template  # --template processor reads it here
+    return model, tokenizer, processor.image_processor
 
 
 def build_policy(

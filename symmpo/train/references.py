@@ -3,8 +3,10 @@
 Each strategy is a callable ``reference(batch) -> (K*B,)`` float32 tensor, kind-major like the
 batch's sequences, with a ``prepare(...)`` step that runs once before training:
 
-- ``RecordLogps``: the data's own ``logps`` column (the released preprocessing's sums), read
-  from the batch; nothing is computed.
+- ``RecordLogps``: the data's own ``logps`` column (its sums, or its averages under
+  ``--average_log_prob``), read from the batch; nothing is computed. Used only when the run
+  tokenizes and preprocesses as the column's numbers were computed: the released ``llava_v1``
+  template and ``crop`` images (``record_logps_fit``).
 - ``PrecomputedReference``: one pass of the initial model over every record before training,
   cached on disk under a fingerprint of everything the numbers depend on (``ReferenceCache``).
 - ``AdaptersOffReference``: the policy itself with its LoRA adapters disabled, every step.
@@ -48,20 +50,25 @@ def autocast(device: torch.device, enabled: bool):
 
 
 class RecordLogps:
+    def __init__(self, average: bool = False):
+        self.average = average
+
     def prepare(self, *args, **kwargs) -> str:
-        return "reference log-probs: the data's logps column (no reference pass)"
+        which = "averages" if self.average else "sums"
+        return f"reference log-probs: the data's logps column, its {which} (no reference pass)"
 
     def __call__(self, batch: dict) -> torch.Tensor:
-        return batch["ref_logps"]
+        return batch["ref_avg_logps" if self.average else "ref_logps"]
 
 
 class PrecomputedReference:
     """One pass of the initial model (adapters disabled under LoRA), sharded over processes,
     cached in ``folder`` under ``key``; resumed if interrupted."""
 
-    def __init__(self, folder, key: str, scorer: Scorer, model, lora: bool):
+    def __init__(self, folder, key: str, scorer: Scorer, model, lora: bool, note=None):
         self.cache = ReferenceCache(folder, key)
         self.scorer, self.model, self.lora = scorer, model, lora
+        self.note = note  # why the data's own logps column is not the reference, if it has one
 
     def prepare(self, records, collator, batch_size=16, rank=0, world=1, barrier=None) -> str:
         """Score the records not cached yet (this process's share of them); a log line."""
@@ -82,9 +89,10 @@ class PrecomputedReference:
                 f"{bad[0]}) in {self.cache.path}: the initial model's weights hold NaN or inf; "
                 "fix the model (and delete that cache file) before training"
             )
-        return (
+        line = (
             f"reference log-probs: {n} computed over {world} process(es), cache {self.cache.path}"
         )
+        return f"{self.note}\n{line}" if self.note else line
 
     def __call__(self, batch: dict) -> torch.Tensor:
         return self.cache.lookup(batch["idx"])
@@ -124,7 +132,7 @@ def cache_key(args, model_identity: dict, data_identity: dict, collator, bf16: b
     return fingerprint(
         model=model_identity,
         data=data_identity,
-        template=collator.template.version,
+        template=collator.template.identity(),
         image_processor=to_json() if to_json else repr(processor),
         image_aspect_ratio=collator.image_aspect_ratio,
         max_length=args.max_length,
@@ -140,11 +148,30 @@ def cache_key(args, model_identity: dict, data_identity: dict, collator, bf16: b
     )
 
 
-def uses_record_logps(args, records, objective) -> bool:
-    """The data's logps column is the reference: every record has one, the objective's
-    sequences are all in it, and the sums are wanted (not averages)."""
-    all_have = all(r.ref_logps is not None for r in records)
-    return all_have and objective.record_logps and not args.average_log_prob
+#: What the released data's ``logps`` column was computed under: its template and images.
+RECORD_LOGPS_TEMPLATE, RECORD_LOGPS_IMAGES = "llava_v1", "crop"
+
+
+def record_logps_fit(args, records, collator) -> tuple[bool, str | None]:
+    """(whether the data's logps column is this run's reference, and when the data has one
+    that does not fit, the one-line reason). It fits when every record has one, the objective's
+    sequences are all in it, the run formats and preprocesses as the released training did
+    (template llava_v1, crop), and under --average_log_prob the column holds averages."""
+    if not collator.objective.record_logps or any(r.ref_logps is None for r in records):
+        return False, None
+    template, images = collator.template.name, collator.image_aspect_ratio
+    if (template, images) != (RECORD_LOGPS_TEMPLATE, RECORD_LOGPS_IMAGES):
+        return False, (
+            f"the data's logps column was computed under --template {RECORD_LOGPS_TEMPLATE} "
+            f"--image_aspect_ratio {RECORD_LOGPS_IMAGES}, this run uses --template {template} "
+            f"--image_aspect_ratio {images}: computing the reference log-probs instead"
+        )
+    if args.average_log_prob and any(r.ref_avg_logps is None for r in records):
+        return False, (
+            "--average_log_prob: the data's logps column holds sums only (no averages): "
+            "computing the reference log-probs instead"
+        )
+    return True, None
 
 
 def choose_reference(args, policy, records, collator, scorer: Scorer, cache_folder, key_parts):
@@ -154,7 +181,8 @@ def choose_reference(args, policy, records, collator, scorer: Scorer, cache_fold
     data_identity) for the cache's key."""
     if args.ref == "lora":
         return AdaptersOffReference(policy, scorer)
-    if uses_record_logps(args, records, collator.objective):
-        return RecordLogps()
+    fits, reason = record_logps_fit(args, records, collator)
+    if fits:
+        return RecordLogps(args.average_log_prob)
     key = cache_key(args, *key_parts, collator, scorer.bf16, policy)
-    return PrecomputedReference(cache_folder, key, scorer, policy, args.lora)
+    return PrecomputedReference(cache_folder, key, scorer, policy, args.lora, note=reason)

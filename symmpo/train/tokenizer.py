@@ -1,11 +1,15 @@
 """A small byte-level BPE tokenizer, trained at start-up on a fixed corpus: no hub access.
 
 The corpus is the synthetic data set's vocabulary (``symmpo.train.synthetic``) laid out the way
-the collator tokenizes it (LLaVA-1.5's ``USER: <image>\\n{question} ASSISTANT: {answer}``), plus
-any ``extra_corpus``. The byte-level alphabet is always in the vocabulary, so any UTF-8 text
-encodes without unknown tokens and decodes back unchanged. The five special tokens take ids 0..4
-and are never split. No BOS/EOS is added automatically: ``tok("abc")["input_ids"]`` holds only
-the text's tokens (the collator adds BOS and EOS itself).
+the templates tokenize it (``symmpo.train.templates``: the released ``llava_v1`` conversation,
+split at the image token, and the chat template below), plus any ``extra_corpus``. The
+byte-level alphabet is always in the vocabulary, so any UTF-8 text encodes without unknown
+tokens and decodes back unchanged. The five special tokens take ids 0..4 and are never split.
+Like Llama's tokenizer it adds BOS (not EOS) to every text unless ``add_special_tokens=False``.
+
+Its chat template (for ``--template processor``) is LLaVA-1.5's format without the system
+sentence, as the converted Hugging Face LLaVA-1.5 checkpoints write it:
+``USER: <image>\\n{question} ASSISTANT: {answer}</s>``.
 
 ``readable_decode`` decodes a model's output for people (evaluation answers): a byte-level
 tokenizer's ``decode`` turns every byte that is not part of valid UTF-8 into U+FFFD, and an
@@ -17,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from .synthetic import (
@@ -31,13 +35,22 @@ from .synthetic import (
     make_group,
     sample_scene,
 )
+from .templates import SYSTEM
 
 #: Special tokens by role; their ids are 0..4 in this order.
 SPECIAL_TOKENS = {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<pad>", "image": "<image>"}
 
-#: LLaVA-1.5's prompt around the image token, as the collator writes it.
-USER_PREFIX = "USER: "
-ASSISTANT_TAG = "ASSISTANT:"
+#: The chat template of ``--template processor``: user turns hold an image item and a text item.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% else %}{{ item['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: "
+    "{% for item in message['content'] %}{{ item['text'] }}{% endfor %}{{ eos_token }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 #: Random scene descriptions in the built-in corpus (besides every single-group phrase).
 CORPUS_SCENES = 300
 CORPUS_SEED = "symmpo-tokenizer-corpus"
@@ -46,13 +59,14 @@ CORPUS_SEED = "symmpo-tokenizer-corpus"
 def builtin_corpus() -> list[str]:
     """The fixed training texts, split where the special ``<image>`` token would sit.
 
-    Texts are the pieces the tokenizer actually sees: ``"USER: "`` before the image token,
-    ``"\\n{question} ASSISTANT:"`` after it, and answers with the leading space the collator puts
-    before them. Every group phrase (all counts, colours, shapes and positions) appears, plus
-    correct and hallucinated descriptions of deterministic random scenes.
+    Texts are the pieces the tokenizer actually sees: the system sentence and ``" USER: "``
+    before the image token (weighted as one per question: it opens every sequence),
+    ``"\\n{question} ASSISTANT:"`` after it, and answers with their leading space. Every group
+    phrase (all counts, colours, shapes and positions) appears, plus correct and hallucinated
+    descriptions of deterministic random scenes.
     """
-    corpus = [USER_PREFIX, "USER:", ASSISTANT_TAG, "\n"]
-    corpus += [f"\n{question} {ASSISTANT_TAG}" for question in QUESTIONS]
+    corpus = [f"{SYSTEM} USER: "] * 50 + ["USER: ", "ASSISTANT:", "\n"]
+    corpus += [f"\n{question} ASSISTANT:" for question in QUESTIONS]
     corpus += [
         " " + describe_scene([make_group(shape, colour, count, position)])
         for count in COUNT_WORDS
@@ -80,6 +94,10 @@ def build_backend_tokenizer(vocab_size: int = 512, extra_corpus: Iterable[str] =
     backend = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk"]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    bos = SPECIAL_TOKENS["bos"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, 1)]
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS.values()),  # ids 0..4, added as special tokens
@@ -93,7 +111,8 @@ def build_backend_tokenizer(vocab_size: int = 512, extra_corpus: Iterable[str] =
 def build_tokenizer(
     vocab_size: int = 512, extra_corpus: Iterable[str] = ()
 ) -> PreTrainedTokenizerFast:
-    """The transformers tokenizer: BOS/EOS/UNK/PAD set, and ``<image>`` as the image token.
+    """The transformers tokenizer: BOS/EOS/UNK/PAD set, ``<image>`` as the image token, and
+    the chat template of ``--template processor``.
 
     ``<image>`` is registered through transformers 5's named extra special tokens, so besides
     ``convert_tokens_to_ids("<image>")`` the tokenizer has ``image_token``/``image_token_id``
@@ -106,6 +125,7 @@ def build_tokenizer(
         unk_token=SPECIAL_TOKENS["unk"],
         pad_token=SPECIAL_TOKENS["pad"],
         extra_special_tokens={"image_token": SPECIAL_TOKENS["image"]},
+        chat_template=CHAT_TEMPLATE,
     )
 
 

@@ -73,16 +73,19 @@ IMAGE_TOKEN, BOS, EOS, PAD = 32000, 1, 2, 0
 
 
 class IntTokenizer:
-    """Text of space-separated integers -> those ids; enough for the collator's interface."""
+    """Text of space-separated integers -> those ids, other words -> id 5, BOS first as Llama's
+    tokenizer adds it; enough for the collator's interface and its template's text."""
 
     bos_token_id, eos_token_id, pad_token_id = BOS, EOS, PAD
-    named = {"<image>": IMAGE_TOKEN, "USER:": 3, "ASSISTANT:": 4}
+    named = {"<image>": IMAGE_TOKEN, "USER:": 3, "ASSISTANT:": 4, "</s>": EOS}
 
     def tokenize(self, text):
-        return text.split()
+        return text.replace("</s>", " </s> ").split()
 
     def __call__(self, text, add_special_tokens=True):
-        return {"input_ids": [self.named.get(t) or int(t) for t in text.split()]}
+        words = self.tokenize(text)
+        ids = [self.named.get(t) or (int(t) if t.isdigit() else 5) for t in words]
+        return {"input_ids": [BOS, *ids] if add_special_tokens else ids}
 
 
 def llava_config(vocab: int):

@@ -5,6 +5,7 @@
     python -m symmpo.evaluate --checkpoint CKPT --chair_questions q.jsonl \\
         --chair_annotations objects.jsonl [--chair_synonyms synonyms.json]   # Object HalBench
     python -m symmpo.evaluate --chair_responses answers.jsonl --chair_annotations objects.jsonl
+    python -m symmpo.evaluate --check_reference data/ [--model_name_or_path M] [--limit 32]
 
 Metrics:
 - preference accuracy on held-out records: how often the policy gives the preferred response the
@@ -15,6 +16,10 @@ Metrics:
 - CHAIR (Object HalBench): with the objects each answer mentions (words of a vocabulary,
   synonyms mapped to their object), CHAIRs = answers with a hallucinated object / answers and
   CHAIRi = hallucinated mentions / all mentions;
+- --check_reference: does a data file's logps column fit the initial model, --template and
+  --image_aspect_ratio? The largest |difference| of the sequences' log-prob sums (and
+  averages) from the column over the first --limit records (default 32); nothing is appended
+  to eval.jsonl;
 - AMBER generative: CHAIR (hallucinated objects / mentioned objects over all answers), Cover
   (truth objects mentioned / truth objects) and Hal (answers with a hallucinated object), with
   objects matched by word after plural folding (AMBER's own script lemmatises with spaCy).
@@ -29,6 +34,8 @@ import argparse
 import json
 import pathlib
 import sys
+
+from symmpo.train.templates import TEMPLATES
 
 from .hallucination import amber_metrics, chair_metrics
 from .readers import load_item_images, read_amber, read_jsonl
@@ -54,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chair_annotations", help="JSONL {image_id, objects}")
     parser.add_argument("--chair_synonyms", help="JSON {object: [synonyms]}")
     parser.add_argument("--limit", type=int, default=None, help="score the first N items only")
+    check = parser.add_argument_group("--check_reference")
+    check.add_argument("--check_reference", metavar="DATA", help="a data file or folder")
+    check.add_argument("--model_name_or_path", help="default: the tiny built-in model")
+    check.add_argument("--template", choices=TEMPLATES, default="llava_v1")
+    check.add_argument("--image_aspect_ratio", choices=("crop", "pad"), default="crop")
+    check.add_argument("--max_length", type=int, default=2048)
+    check.add_argument("--seed", type=int, default=0, help="the tiny model's seed")
     return parser
 
 
@@ -62,6 +76,8 @@ def main(argv=None) -> dict:
     it."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.check_reference:
+        return _check_reference(args)
     if not args.checkpoint and not args.chair_responses:
         parser.error("give --checkpoint (a model to evaluate) or --chair_responses")
     default_dir = pathlib.Path(args.checkpoint).parent if args.checkpoint else pathlib.Path(".")
@@ -95,6 +111,26 @@ def main(argv=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "eval.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def _check_reference(args) -> dict:
+    from .reference_check import check_reference, summary
+
+    try:
+        result = check_reference(
+            args.check_reference,
+            args.model_name_or_path,
+            args.template,
+            args.image_aspect_ratio,
+            limit=args.limit or 32,
+            max_length=args.max_length,
+            seed=args.seed,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from error
+    print(summary(result))
     print(json.dumps(result, indent=1))
     return result
 

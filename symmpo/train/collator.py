@@ -246,7 +246,7 @@ class PreferenceCollator:
                     record.idx,
                     RESPONSE_FIELDS[response],
                     "changes how the shared prompt tokenizes, so --forward shared cannot "
-                    "share it; use --forward padded",
+                    "share it; use --forward naive",
                 )
         return prompt
 

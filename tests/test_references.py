@@ -15,6 +15,7 @@ from symmpo.train.references import (
     choose_reference,
     record_logps_fit,
 )
+from symmpo.train.templates import ChatTemplate, ReleasedTemplate, get_template
 
 
 def cpu_scorer() -> Scorer:
@@ -96,7 +97,7 @@ def test_record_logps_serve_the_objectives_sequences_under_the_released_format_o
     assert record_logps_fit(args, records, collator) == (False, None)
 
 
-def test_cache_key_covers_the_image_preprocessing(tiny, make_collator):
+def test_cache_key_covers_the_template_and_the_image_preprocessing(tiny, make_collator):
     tokenizer, model, processor = tiny
     args = build_parser().parse_args([])
     parts = ({"tiny": 0}, {"records": "r"})
@@ -108,3 +109,9 @@ def test_cache_key_covers_the_image_preprocessing(tiny, make_collator):
             setattr(other, name, value)
         collator = make_collator(tiny=(tokenizer, model, other))
         assert cache_key(args, *parts, collator, False, model) != key, change
+    for template in ("processor", ChatTemplate("{{ messages }}"), ReleasedTemplate(system="Hi.")):
+        collator = make_collator()
+        collator.template = (
+            get_template(template, tokenizer) if isinstance(template, str) else template
+        )
+        assert cache_key(args, *parts, collator, False, model) != key, template

@@ -136,3 +136,30 @@ def test_processor_template_without_a_chat_template_is_a_clear_error(tiny):
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="no chat template; use --template llava_v1"):
         get_template("processor", tokenizer)
+
+
+def test_a_checkpoints_processor_chat_template_serves_template_processor(tmp_path, tiny):
+    import copy
+
+    import torch
+    from transformers import LlavaProcessor
+
+    from symmpo.train.model import load_llava
+
+    tokenizer, model, image_processor = tiny
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    chat = tokenizer.chat_template.replace("USER: ", "Human: ")
+    folder = tmp_path / "llava"
+    copy.deepcopy(model).save_pretrained(folder)
+    LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=bare,
+        patch_size=model.config.vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=chat,
+    ).save_pretrained(folder)
+    _, loaded, _ = load_llava(str(folder), torch.float32, torch.device("cpu"))
+    template = get_template("processor", loaded)
+    ids, _ = template.encode(loaded, "Why?", "Because.", model.config.image_token_id)
+    assert loaded.decode(ids).startswith("<s>Human: <image>\nWhy? ASSISTANT: Because.")

@@ -9,8 +9,9 @@ settings. This check scores the first ``--limit`` usable records' five sequences
 initial model (the tiny default of ``--seed``, or the checkpoint) exactly as training scores the
 policy, and reports the largest |difference| from the column's sums (and averages, where the
 column has them), with the record and sequence where it occurs. A fitting file differs by
-float rounding (about 1e-5 in float32; bf16 on a GPU, about 1e-2 per 100 tokens); a file made
-under another template, image preprocessing or model differs by whole nats.
+float rounding (about 1e-5 in float32; more under bf16 on a GPU); a file made under another
+template, image preprocessing or model differs by 0.1 to whole nats (0.1 for an untrained
+model, whose distributions are nearly uniform).
 """
 
 from __future__ import annotations

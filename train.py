@@ -164,6 +164,7 @@ def main(argv=None) -> dict:
                 with autocast(device, bf16):
                     out = step_module(batch, reference(batch))
                 accelerator.backward(out.loss)
+                out.raise_if_invalid()  # the fused kernels' input checks, read with the grad norm
                 losses += [out.loss.detach()] if world == 1 else []  # see update_guard.py
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

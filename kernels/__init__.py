@@ -3,6 +3,7 @@
 Set TRITON_INTERPRET=1 before importing this package to run the kernels on CPU tensors.
 """
 
+from .custom_ops import fused_loss_result
 from .fused_loss import FusedSymMPOLoss
 from .launch import block_config, check_launchable, interpreter_enabled
 from .logprobs import SequenceLogps, logprobs_backward, logprobs_forward
@@ -22,6 +23,7 @@ __all__ = [
     "TermsResult",
     "SequenceLogps",
     "block_config",
+    "fused_loss_result",
     "check_launchable",
     "interpreter_enabled",
     "logprobs_backward",

@@ -18,10 +18,44 @@ from .logprobs import logprobs_backward, logprobs_forward
 from .symmpo_terms import FLAG_NAMES, NUM_KINDS, TermsResult, terms_and_summary
 
 
+def zeroed_workspace(rows: int, device) -> torch.Tensor:
+    """One int32 buffer, zeroed in one memset, for the forward's flags (3), counts (rows) and
+    float32 sums (rows, the same bits as int32 zeros): ``split_workspace`` gives the views."""
+    return torch.zeros(len(FLAG_NAMES) + 2 * rows, dtype=torch.int32, device=device)
+
+
+def split_workspace(workspace: torch.Tensor, rows: int):
+    """(flags (3,) int32, counts (rows,) int32, sums (rows,) float32) views of the workspace."""
+    n = len(FLAG_NAMES)
+    return workspace[:n], workspace[n : n + rows], workspace[n + rows :].view(torch.float32)
+
+
+def fused_forward(
+    logits, labels, ref_logps, weights, average, ignore_index, allow_empty, check_ref, workspace
+) -> tuple[TermsResult, torch.Tensor]:
+    """The forward's two launches into a zeroed ``workspace``: (TermsResult, lse (5B*T,))."""
+    rows = logits.shape[0]
+    flags, counts, sums = split_workspace(workspace, rows)
+    _, _, lse = logprobs_forward(
+        logits, labels, ignore_index, bad_labels=flags, zeroed=(sums, counts)
+    )
+    batch = rows // NUM_KINDS
+    result = terms_and_summary(
+        sums.view(NUM_KINDS, batch),
+        ref_logps.view(NUM_KINDS, batch),
+        weights,
+        counts=counts.view(NUM_KINDS, batch),
+        average=average,
+        flags=flags,
+        poison=(allow_empty, check_ref),
+    )
+    return result, lse
+
+
 class FusedSymMPOLoss(torch.autograd.Function):
     """Kind-major (5B, T, V) logits -> the SymMPO batch-mean loss, with no autograd graph inside.
 
-    Forward, two kernels after three memsets (flags, sums, counts): the log-prob kernel (saving
+    Forward, two kernels after one memset (flags, sums, counts): the log-prob kernel (saving
     4 bytes of LSE per position and counting bad labels), then the terms kernel (per-example
     outputs, dL/ds, batch means, validation flags). Backward, one launch: the log-prob backward
     kernel with g = dL/ds * grad_output (/ count when averaged) folded in, writing dL/dlogits
@@ -54,18 +88,19 @@ class FusedSymMPOLoss(torch.autograd.Function):
         check=None,
     ):
         ctx.set_materialize_grads(False)
-        flags = torch.zeros(len(FLAG_NAMES), dtype=torch.int32, device=logits.device)
-        sums, counts, lse = logprobs_forward(logits, labels, ignore_index, bad_labels=flags)
-        batch = logits.shape[0] // NUM_KINDS
-        result = terms_and_summary(
-            sums.view(NUM_KINDS, batch),
-            ref_logps.view(NUM_KINDS, batch),
+        workspace = zeroed_workspace(logits.shape[0], logits.device)
+        result, lse = fused_forward(
+            logits,
+            labels,
+            ref_logps,
             weights,
-            counts=counts.view(NUM_KINDS, batch),
-            average=average,
-            flags=flags,
-            poison=(allow_empty, check_ref),
+            average,
+            ignore_index,
+            allow_empty,
+            check_ref,
+            workspace,
         )
+        flags, counts, _ = split_workspace(workspace, logits.shape[0])
         ctx.save_for_backward(logits, labels, lse, counts, result.grad)
         ctx.average, ctx.ignore_index, ctx.inplace_grad = average, ignore_index, inplace_grad
         ctx.check, ctx.flags = check, flags

@@ -180,6 +180,7 @@ def logprobs_forward(
     block_v: int | None = None,
     num_warps: int | None = None,
     bad_labels: torch.Tensor | None = None,
+    zeroed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
     """Launch the forward kernel on (N, T, V) logits and (N, T) int labels.
 
@@ -187,15 +188,22 @@ def logprobs_forward(
     [0, V) (not ignore_index) are skipped, never read through, and counted into
     ``bad_labels[0]`` (an int32 tensor the caller zeroed) when it is given: callers either
     checked the labels beforehand or read that count (one sync) before trusting the result.
+    ``zeroed``: (sums, counts) buffers the caller zeroed (one memset for all its buffers);
+    by default they are allocated here.
     """
     check_launchable(logits)
     rows, seq_len, vocab = logits.shape
     block, warps = block_config(vocab, logits.device, block_v, num_warps)
-    sums = torch.zeros(rows, dtype=torch.float32, device=logits.device)  # its own tensor: returned
-    counts_and_spare = torch.zeros(rows + 1, dtype=torch.int32, device=logits.device)
-    counts = counts_and_spare[:rows]
+    if zeroed is not None:
+        sums, counts = zeroed
+        spare = bad_labels
+    else:
+        sums = torch.zeros(rows, dtype=torch.float32, device=logits.device)  # returned: own
+        counts_and_spare = torch.zeros(rows + 1, dtype=torch.int32, device=logits.device)
+        counts, spare = counts_and_spare[:rows], counts_and_spare[rows:]
+    bad_labels = spare if bad_labels is None else bad_labels
     if bad_labels is None:
-        bad_labels = counts_and_spare[rows:]
+        raise ValueError("zeroed buffers need a bad_labels counter too")
     lse = torch.empty(rows * seq_len if store_lse else 1, dtype=torch.float32, device=logits.device)
     _logprobs_fwd_kernel[(rows * seq_len,)](
         logits,

@@ -60,8 +60,22 @@ def fused_symmpo(
     Its ``flags`` are unread: the caller checks them (one sync). On input they mark invalid
     (bad labels; empty sequences unless config.allow_empty; non-finite ref_logps when
     ``check_ref``) every output is NaN. ``check_in_backward(flags)``, when given, runs in
-    the backward right before its kernel's launch."""
+    the backward right before its kernel's launch.
+
+    By default the custom ops (``torch.ops.symmpo.fused_loss``: compilable, graph-capturable,
+    no host sync); ``inplace_grad`` or a backward check take the autograd Function."""
     kernels = _kernels()
+    if not inplace_grad and check_in_backward is None:
+        return kernels.fused_loss_result(
+            logits,
+            labels,
+            ref_logps.detach().float().reshape(-1),
+            config.kernel_weights,
+            config.average_log_prob,
+            config.ignore_index,
+            config.allow_empty,
+            check_ref,
+        )
     outputs = kernels.FusedSymMPOLoss.apply(
         logits,
         labels,

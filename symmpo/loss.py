@@ -63,6 +63,7 @@ def symmpo_loss(
     config: SymMPOConfig | None = None,
     impl: str = "auto",
     inplace_grad: bool = False,
+    immediate_checks: bool = False,
     **overrides,
 ) -> SymMPOOutput:
     """SymMPO loss of a kind-major batch of five sequences per example (docs/math.md#the-loss).
@@ -90,9 +91,15 @@ def symmpo_loss(
     Non-target positions of logits and ref_logits are never read: NaN or inf there changes no
     value and no gradient (exactly 0 there). Invalid values (a label outside the vocabulary, a
     sequence without a target unless allow_empty, non-finite ref_logps, ref_logits that give
-    a non-finite reference log-prob) raise ValueError at the call, except on the Triton path
-    with gradients: there the forward does not sync to read its kernels' checks, every value
-    of the output is NaN, and backward raises the error before writing the logits' gradient.
+    a non-finite reference log-prob): the torch path raises ValueError at the call. The Triton
+    path makes no host sync, forward or backward (``torch.ops.symmpo.fused_loss``: it
+    compiles with ``torch.compile(fullgraph=True)`` and replays in a CUDA graph): its kernels
+    check the values as they read them, every value of the output (and the gradient) is NaN,
+    and the ValueError is raised where the caller next looks: ``out.metrics()`` or
+    ``out.raise_if_invalid()`` (one sync, which a trainer already makes to log).
+        immediate_checks: Triton only: check at once instead, as the torch path does (one sync
+            after the forward without gradients; with gradients the backward raises before
+            writing the logits' gradient, so ``inplace_grad``'s logits stay intact).
 
     Returns a SymMPOOutput whose ``loss`` is the differentiable batch mean.
     """
@@ -136,10 +143,9 @@ def symmpo_loss(
 
     # Triton: the kernels check the values as they read them (labels outside the vocabulary
     # are skipped and counted) and make every output NaN when the input is invalid. Reading
-    # their flags is a host sync: without gradients it happens here; with gradients the
-    # backward does it right before launching its kernel (and raises there, before writing
-    # any gradient), so that the GPU does not idle from the end of the forward until the
-    # backward's first launch.
+    # their flags is a host sync: by default it waits for the caller (out.metrics() or
+    # out.raise_if_invalid()); with immediate_checks it happens here without gradients, and
+    # with gradients right before the backward's launch (raising before any gradient).
     # The reference log-probs are checked as read, whether given or scored from ref_logits
     # (then the closure below holds those (5B,) scores, never ref_logits themselves).
     checked_ref = None if given_ref_logps is None else given_ref_logps.float()  # as read
@@ -157,12 +163,19 @@ def symmpo_loss(
                 ref_logps=checked_ref,
             )
 
-    deferred = torch.is_grad_enabled() and logits.requires_grad
-    in_backward = raise_if_invalid if deferred else None
+    if not immediate_checks:
+        result = fused_symmpo(logits, labels, ref_logps, config, inplace_grad)
+        return output_from_terms(result, ref_logps.float(), on_invalid=raise_if_invalid)
+    in_backward = torch.is_grad_enabled() and logits.requires_grad
     result = fused_symmpo(
-        logits, labels, ref_logps, config, inplace_grad, check_in_backward=in_backward
+        logits,
+        labels,
+        ref_logps,
+        config,
+        inplace_grad,
+        check_in_backward=raise_if_invalid if in_backward else None,
     )
-    if not deferred:
+    if not in_backward:
         raise_if_invalid(result.flags)
     return output_from_terms(result, ref_logps.float())
 

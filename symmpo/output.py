@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,9 +37,20 @@ class SymMPOOutput:
     reward_margin_dpo: torch.Tensor
     reward_margin_pair1: torch.Tensor
     reward_margin_pair2: torch.Tensor
+    #: The Triton path's validation flags (int32) and the function that raises the ValueError
+    #: naming what they caught; None where the inputs were checked at the call.
+    flags: torch.Tensor | None = field(default=None, repr=False)
+    on_invalid: Callable[[torch.Tensor], None] | None = field(default=None, repr=False)
+
+    def raise_if_invalid(self) -> None:
+        """Raise the ValueError of invalid inputs the kernels flagged (one device sync); a
+        no-op where the inputs were checked at the call."""
+        if self.flags is not None and any(self.flags.tolist()):
+            self.on_invalid(self.flags)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
-        """Python floats for logging (one device sync)."""
+        """Python floats for logging (one device sync); raises the ValueError of invalid
+        inputs first (``raise_if_invalid``)."""
         names = (
             "loss",
             "dpo",
@@ -54,7 +66,11 @@ class SymMPOOutput:
         )
         scalars = [getattr(self, n).detach().float().reshape(1) for n in names]
         rewards = self.rewards.detach().float().mean(-1)
-        values = torch.cat([*scalars, rewards]).tolist()
+        flags = [] if self.flags is None else [self.flags.float()]
+        values = torch.cat([*scalars, rewards, *flags]).tolist()
+        if flags and any(values[-len(self.flags) :]):
+            self.on_invalid(self.flags)
+        values = values[: len(names) + rewards.numel()]
         keys = [*names, *(f"reward_{k}" for k in range(rewards.numel()))]
         return {prefix + k: v for k, v in zip(keys, values, strict=True)}
 
@@ -70,6 +86,9 @@ class PreferenceOutput:
     accuracies: dict[str, torch.Tensor]
     reward_margins: dict[str, torch.Tensor]
     rewards: torch.Tensor  # (K, B) beta r_k
+
+    def raise_if_invalid(self) -> None:
+        """Nothing to do: these losses check their inputs at the call."""
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """Python floats for logging: loss, each term, accuracy_* and reward_margin_*."""
@@ -110,9 +129,10 @@ def build_symmpo_output(loss, per_example, terms, z, policy_logps, ref_logps, co
     )
 
 
-def output_from_terms(result, ref_logps: torch.Tensor) -> SymMPOOutput:
+def output_from_terms(result, ref_logps: torch.Tensor, on_invalid=None) -> SymMPOOutput:
     """A SymMPOOutput from the fused path's TermsResult: its batch means are views of the
-    kernel's summary vector, so building the output launches nothing."""
+    kernel's summary vector, so building the output launches nothing. ``on_invalid``: the
+    deferred check's raiser, given the kernel's flags (None: checked already)."""
     from symmpo_kernels import SUMMARY_NAMES
 
     means = dict(zip(SUMMARY_NAMES, result.summary.unbind(), strict=True))
@@ -132,4 +152,6 @@ def output_from_terms(result, ref_logps: torch.Tensor) -> SymMPOOutput:
         reward_margin_dpo=means["reward_margin_dpo"],
         reward_margin_pair1=means["reward_margin_pair1"],
         reward_margin_pair2=means["reward_margin_pair2"],
+        flags=None if on_invalid is None else result.flags,
+        on_invalid=on_invalid,
     )

@@ -52,17 +52,63 @@ def test_bf16_errors_within_torch():
     assert_error_within(grad, eager_grad, exact_grad)
 
 
+def test_the_default_step_makes_no_host_sync_and_raises_where_the_caller_looks():
+    """Forward and backward of the default path never wait for the GPU; a bad label makes the
+    outputs NaN and out.metrics() raises naming it."""
+    logits, labels, ref = llava_batch(1, 700, torch.bfloat16)
+    x = logits.clone().requires_grad_(True)
+    for bad in (False, True):
+        if bad:
+            labels[3, 650] = V
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = symmpo_loss(x, labels, ref)
+            out.loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isnan(out.loss).item() == bad
+    with pytest.raises(ValueError, match=rf"labels\[3, 650\] = {V} is outside"):
+        out.metrics()
+
+
+def test_the_fused_step_replays_in_a_cuda_graph():
+    """symmpo_loss forward + backward captured once in a CUDA graph and replayed on new values
+    gives the eager loss and gradient."""
+    logits, labels, ref = llava_batch(1, 700, torch.bfloat16)
+    x = logits.clone().requires_grad_(True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up (kernel compilation) outside the capture
+        symmpo_loss(x, labels, ref).loss.backward()
+    torch.cuda.current_stream().wait_stream(stream)
+    x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = symmpo_loss(x, labels, ref)
+        captured.loss.backward()
+    new_logits = torch.randn_like(logits)
+    with torch.no_grad():
+        x.copy_(new_logits)
+    graph.replay()
+    eager_x = new_logits.clone().requires_grad_(True)
+    eager = symmpo_loss(eager_x, labels, ref)
+    eager.loss.backward()
+    torch.testing.assert_close(captured.loss, eager.loss)  # float32 atomics: last bits vary
+    torch.testing.assert_close(x.grad, eager_x.grad)
+
+
 def test_bad_labels_with_gradients_raise_in_backward():
-    """The compiled kernels poison every output on a bad label, the forward makes no host sync,
-    and backward raises before writing the gradient into the logits (inplace_grad); without
-    gradients the call raises."""
+    """immediate_checks: the compiled kernels poison every output on a bad label, the forward
+    makes no host sync, and backward raises before writing the gradient into the logits
+    (inplace_grad); without gradients the call raises."""
     logits, labels, ref = llava_batch(1, 700, torch.bfloat16)
     labels[3, 650] = V
     x = logits.clone().requires_grad_(True)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # the forward must not wait for the GPU
     try:
-        out = symmpo_loss(x, labels, ref, inplace_grad=True)
+        out = symmpo_loss(x, labels, ref, inplace_grad=True, immediate_checks=True)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isnan(out.loss) and torch.isnan(out.policy_logps).all()
@@ -70,7 +116,7 @@ def test_bad_labels_with_gradients_raise_in_backward():
         out.loss.backward()
     assert torch.equal(x.detach(), logits)
     with torch.no_grad(), pytest.raises(ValueError, match=r"labels\[3, 650\]"):
-        symmpo_loss(logits, labels, ref)
+        symmpo_loss(logits, labels, ref, immediate_checks=True)
 
 
 def test_ref_logits_inplace_and_non_contiguous():

@@ -38,8 +38,14 @@ def test_labels_shape_mismatch(batch):
         symmpo_loss(logits, labels[:, :5], ref)
 
 
-# The Triton path (interpreted here) checks values inside its kernels: same errors.
+# The Triton path (interpreted here) checks values inside its kernels: same errors, raised where
+# the caller next looks at the result (its metrics) instead of at the call.
 IMPLS = ["torch", "triton"]
+
+
+def looked_at(*args, **kwargs) -> dict:
+    """symmpo_loss, then the look a trainer's logging takes at its result."""
+    return symmpo_loss(*args, **kwargs).metrics()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -47,16 +53,16 @@ def test_label_outside_vocab(batch, impl):
     logits, labels, ref = batch
     labels[7, 4] = 11
     with pytest.raises(ValueError, match=r"labels\[7, 4\] = 11 is outside \[0, 11\)"):
-        symmpo_loss(logits, labels, ref, impl=impl)
+        looked_at(logits, labels, ref, impl=impl)
     labels[7, 4] = -5
     with pytest.raises(ValueError, match=r"labels\[7, 4\] = -5"):
-        symmpo_loss(logits, labels, ref, impl=impl)
+        looked_at(logits, labels, ref, impl=impl)
     labels[7, 4] = 3
     labels[2, 0] = 1000  # position 0 predicts nothing, but a bad id is still an error
     with pytest.raises(ValueError, match=r"labels\[2, 0\] = 1000"):
-        symmpo_loss(logits, labels, ref, impl=impl)
+        looked_at(logits, labels, ref, impl=impl)
     with pytest.raises(ValueError, match=r"labels\[2, 0\] = 1000"):
-        symmpo_loss(logits, labels, ref_logits=logits, impl=impl)
+        looked_at(logits, labels, ref_logits=logits, impl=impl)
 
 
 def test_float_labels(batch):
@@ -84,7 +90,7 @@ def test_ref_logps_non_finite(batch, bad, impl):
     logits, labels, ref = batch
     ref[3] = bad
     with pytest.raises(ValueError, match=r"ref_logps holds non-finite values"):
-        symmpo_loss(logits, labels, ref, impl=impl)
+        looked_at(logits, labels, ref, impl=impl)
 
 
 def test_float64_ref_logps_beyond_float32_range(batch):
@@ -93,7 +99,7 @@ def test_float64_ref_logps_beyond_float32_range(batch):
     ref = ref.double()
     ref[2] = -1e300
     with pytest.raises(ValueError, match=r"ref_logps holds non-finite values"):
-        symmpo_loss(logits, labels, ref, impl="triton")
+        looked_at(logits, labels, ref, impl="triton")
 
 
 def test_ref_logps_not_floating(batch):
@@ -107,7 +113,7 @@ def test_no_target_names_the_row(batch, impl):
     logits, labels, ref = batch
     labels[5, 1:] = -100
     with pytest.raises(ValueError, match=r"row 5 \(contrast_on_image of example 1\).*allow_empty"):
-        symmpo_loss(logits, labels, ref, impl=impl)
+        looked_at(logits, labels, ref, impl=impl)
 
 
 def test_reference_exactly_once(batch):
@@ -164,18 +170,46 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("inplace_grad", [False, True])
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_triton_with_gradients_raises_in_backward(batch, case, inplace_grad):
-    """With gradients on, the Triton path reads its validation flags in the backward, right
-    before its kernel's launch (no host sync in the forward): every output is NaN, and
-    backward raises the same error before writing the logits' gradient (the logits stay intact
-    under inplace_grad, and a second backward says the same)."""
+def test_triton_defers_the_check_to_where_the_caller_looks(batch, case):
+    """By default the Triton path never syncs: every output and the gradient are NaN, and the
+    error is raised by out.raise_if_invalid() and out.metrics(), naming what was wrong."""
     logits, labels, ref = batch
     spoil, message = BAD_INPUTS[case]
     spoil(labels, ref)
     x = logits.clone().requires_grad_(True)
-    out = symmpo_loss(x, labels, ref, impl="triton", inplace_grad=inplace_grad)
+    out = symmpo_loss(x, labels, ref, impl="triton")
+    assert torch.isnan(out.loss) and torch.isnan(out.policy_logps).all()
+    out.loss.backward()  # no raise here: the gradient is NaN where targets are, so visible
+    assert torch.isnan(x.grad).any()
+    with pytest.raises(ValueError, match=message):
+        out.raise_if_invalid()
+    with pytest.raises(ValueError, match=message):
+        out.metrics()
+
+
+def test_valid_inputs_pass_the_deferred_check(batch):
+    logits, labels, ref = batch
+    out = symmpo_loss(logits.clone().requires_grad_(True), labels, ref, impl="triton")
+    out.raise_if_invalid()
+    eager = symmpo_loss(logits, labels, ref, impl="torch")
+    assert out.metrics() == pytest.approx(eager.metrics(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("inplace_grad", [False, True])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_triton_immediate_checks_raise_in_backward(batch, case, inplace_grad):
+    """With immediate_checks and gradients on, the Triton path reads its validation flags in
+    the backward, right before its kernel's launch (no host sync in the forward): every output
+    is NaN, and backward raises the same error before writing the logits' gradient (the logits
+    stay intact under inplace_grad, and a second backward says the same)."""
+    logits, labels, ref = batch
+    spoil, message = BAD_INPUTS[case]
+    spoil(labels, ref)
+    x = logits.clone().requires_grad_(True)
+    out = symmpo_loss(
+        x, labels, ref, impl="triton", inplace_grad=inplace_grad, immediate_checks=True
+    )
     names = "loss per_example_loss policy_logps rewards dpo pair margin anchor reward_margin_dpo"
     for name in names.split():
         assert torch.isnan(getattr(out, name)).all(), name
@@ -190,7 +224,8 @@ def test_triton_with_gradients_raises_in_backward(batch, case, inplace_grad):
 
 @pytest.mark.parametrize("average", [False, True])
 def test_triton_with_gradients_and_ref_logits(batch, average):
-    """Scored reference logits: a bad label still raises in backward (averaged or not), and
+    """Scored reference logits (immediate checks): a bad label still raises in backward
+    (averaged or not), and
     the reference logits are not kept alive for that check."""
     import gc
     import weakref
@@ -200,7 +235,14 @@ def test_triton_with_gradients_and_ref_logits(batch, average):
     ref_logits = logits + 0.5
     alive = weakref.ref(ref_logits)
     x = logits.clone().requires_grad_(True)
-    out = symmpo_loss(x, labels, ref_logits=ref_logits, impl="triton", average_log_prob=average)
+    out = symmpo_loss(
+        x,
+        labels,
+        ref_logits=ref_logits,
+        impl="triton",
+        average_log_prob=average,
+        immediate_checks=True,
+    )
     del ref_logits
     gc.collect()
     assert alive() is None
@@ -235,7 +277,7 @@ def test_ref_logps_non_finite_names_the_row(batch, bad, impl):
     logits, labels, ref = batch
     ref[3] = bad
     with pytest.raises(ValueError, match=r"ref_logps holds non-finite .*row 3 \(rejected of ex"):
-        symmpo_loss(logits, labels, ref, impl=impl)
+        looked_at(logits, labels, ref, impl=impl)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -248,20 +290,28 @@ def test_ref_logits_non_finite_at_a_target(batch, bad, impl):
     ref_logits[7, _first_target(labels, 7), 4] = bad
     message = r"ref_logits give a non-finite reference log-prob .*row 7 \(chosen_on_contrast of"
     with pytest.raises(ValueError, match=message):
-        symmpo_loss(logits, labels, ref_logits=ref_logits, impl=impl)
+        looked_at(logits, labels, ref_logits=ref_logits, impl=impl)
     with pytest.raises(ValueError, match=message):
-        symmpo_loss(logits, labels, ref_logits=ref_logits, impl=impl, average_log_prob=True)
+        looked_at(logits, labels, ref_logits=ref_logits, impl=impl, average_log_prob=True)
 
 
 @pytest.mark.parametrize("inplace_grad", [False, True])
 def test_triton_ref_logits_non_finite_raises_in_backward(batch, inplace_grad):
-    """With gradients the Triton path flags a non-finite scored reference like a non-finite
-    ref_logps: every output NaN, backward raises before writing the gradient."""
+    """With gradients and immediate checks the Triton path flags a non-finite scored reference
+    like a non-finite ref_logps: every output NaN, backward raises before writing the
+    gradient."""
     logits, labels, _ = batch
     ref_logits = logits + 0.5
     ref_logits[2, _first_target(labels, 2), 0] = float("nan")
     x = logits.clone().requires_grad_(True)
-    out = symmpo_loss(x, labels, ref_logits=ref_logits, impl="triton", inplace_grad=inplace_grad)
+    out = symmpo_loss(
+        x,
+        labels,
+        ref_logits=ref_logits,
+        impl="triton",
+        inplace_grad=inplace_grad,
+        immediate_checks=True,
+    )
     assert torch.isnan(out.loss) and torch.isnan(out.policy_logps).all()
     with pytest.raises(
         ValueError, match=r"ref_logits give a non-finite .*row 2 \(rejected of example 0\)"

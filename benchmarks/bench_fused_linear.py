@@ -8,9 +8,20 @@ is printed at the end of the run; the rows go to the results CSV (results_csv.py
 
 One forward + backward per provider on identical tensors (fused_linear_cases.py): hidden
 (5B, T, H), lm_head (V, H), the last R positions of each sequence targets. CUDA shapes:
-H = 4096, V = 32064, B = 8, T = 800, R = 200 (P = 8000 targets), bf16. Metrics: median ms,
-TFLOP/s counted as 6 P H V useful FLOPs (for every provider;
-docs/math.md#hardware-floor), and peak memory beyond the inputs
+H = 4096, V = 32064, B = 8, T = 800, R = 200 (P = 8000 targets), bf16.
+
+Equal work: by default every provider scores the same P target rows. symmpo_fused_linear takes
+the whole hidden (its chunks hold the targets only); eager, logits_path, liger_fused_linear_dpo
+and cce take the hidden rows of the target positions, gathered inside the timed step (an
+index_select, and in the backward the add of their gradient into the zeroed (5B, T, H) hidden
+gradient that symmpo writes too), from an index built beforehand as a collator would
+(fused_linear_cases.target_rows; padding and its cost are described there: none at these
+shapes, every sequence having R targets). The ``*_all_positions`` providers (eager,
+logits_path, liger_fused_linear_dpo) are the earlier calls on the whole hidden, logits at all
+5B T positions: separate rows, same P in the n_positions column.
+
+Metrics: median ms, TFLOP/s counted as 6 P H V useful FLOPs (for every provider, the
+all-positions ones included; docs/math.md#hardware-floor), and peak memory beyond the inputs
 and their gradients (MiB). A bf16 matmul of the same M, N, K (torch.mm) gives the rate
 measured in the same run. On the CPU (fp32, torch paths): 10 x 1024 positions, R = 200,
 H = 256, V = 32064, and peak resident memory from a fresh process (cpu_memory.py).
@@ -23,7 +34,7 @@ import sys
 
 import pytest
 import torch
-from fused_linear_cases import PROVIDERS, make_inputs, useful_flops
+from fused_linear_cases import PROVIDERS, make_inputs, target_rows, useful_flops
 from measure import median_ms, peak_extra_mb, run_pytest_benchmark
 from results_csv import environment, make_row, write_rows
 
@@ -39,8 +50,12 @@ else:
 DTYPE = torch.bfloat16 if CUDA else torch.float32
 if CUDA:
     NAMES = ["symmpo_fused_linear", "eager", "logits_path", "liger_fused_linear_dpo", "cce"]
+    NAMES += ["eager_all_positions", "logits_path_all_positions"]
+    NAMES += ["liger_fused_linear_dpo_all_positions"]
+elif TINY:
+    NAMES = ["symmpo_fused_linear", "eager", "liger_fused_linear_dpo"]
 else:
-    NAMES = ["symmpo_fused_linear", "eager"] + (["liger_fused_linear_dpo"] if TINY else [])
+    NAMES = ["symmpo_fused_linear", "eager", "eager_all_positions"]
 
 
 def _rows(provider, ms, peak, n_targets):
@@ -55,16 +70,17 @@ def _rows(provider, ms, peak, n_targets):
 
 @pytest.mark.parametrize("provider", NAMES)
 def test_fused_linear(benchmark, provider):
-    if provider in ("liger_fused_linear_dpo",):
+    if provider.startswith("liger_fused_linear_dpo"):
         pytest.importorskip("liger_kernel")
     if provider == "cce":
         pytest.importorskip("cut_cross_entropy")
     h, w, labels, ref = make_inputs(**SHAPE, dtype=DTYPE, device=DEVICE)
     n_targets = int((labels[:, 1:] != -100).sum())
     compute = PROVIDERS[provider]
+    rows = target_rows(labels)  # the collator's part: not timed
 
     def step():
-        compute(h, w, labels, ref).backward()
+        compute(h, w, labels, ref, rows=rows).backward()
 
     ms = median_ms(step, DEVICE, grad_to_none=[h, w], cpu_reps=3)
     h.grad = w.grad = None

@@ -6,6 +6,10 @@
         --chair_annotations objects.jsonl [--chair_synonyms synonyms.json]   # Object HalBench
     python -m symmpo.evaluate --chair_responses answers.jsonl --chair_annotations objects.jsonl
     python -m symmpo.evaluate --check_reference data/ [--model_name_or_path M] [--limit 32]
+    python -m symmpo.evaluate generate --benchmark NAME --benchmark_dir DIR --answers FILE \
+        (--checkpoint CKPT | --model_name_or_path M)    # the paper's benchmarks: answers
+    python -m symmpo.evaluate score --benchmark NAME --benchmark_dir DIR --answers FILE \
+        [--judge_url URL --judge_model M | --judge_requests F [--judge_replies F]]
 
 Metrics:
 - preference accuracy on held-out records: how often the policy gives the preferred response the
@@ -73,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     """Run the evaluations the flags ask for, append the result to eval.jsonl, print and return
-    it."""
+    it. ``generate`` and ``score`` as the first argument: the benchmark subcommands."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("generate", "score"):
+        from .benchmark_cli import main as benchmark_main
+
+        return benchmark_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.check_reference:

@@ -75,10 +75,11 @@ class PreferenceCollator:
             return ids
         return ids, labels[:i] + [-100] * n + labels[i + 1 :]
 
-    def encode_prompt(self, question: str) -> list[int]:
-        """The generation prompt's ids, the image token expanded."""
-        ids = self.template.prompt_ids(self.tokenizer, question, self.image_token_id)
-        return self.expand_image(ids)
+    def encode_prompt(self, question: str, image: bool = True) -> list[int]:
+        """The generation prompt's ids, the image token expanded (``image=False``: a
+        text-only question)."""
+        ids = self.template.prompt_ids(self.tokenizer, question, self.image_token_id, image)
+        return self.expand_image(ids) if image else ids
 
     def encode(self, record: PreferenceRecord, response: str) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of one sequence, cut to max_length; BadRecord when the template

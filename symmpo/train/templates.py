@@ -63,8 +63,9 @@ class ReleasedTemplate:
         """What the reference log-probs depend on in this template (the cache key's part)."""
         return f"{self.name}|{self.system}|{self.separators}"
 
-    def prompt_text(self, question: str) -> str:
-        return f"{self.system} USER: {IMAGE}\n{question} ASSISTANT:"
+    def prompt_text(self, question: str, image: bool = True) -> str:
+        placed = f"{IMAGE}\n" if image else ""
+        return f"{self.system} USER: {placed}{question} ASSISTANT:"
 
     def tokenize(self, tokenizer, text: str, image_token_id: int) -> list[int]:
         """Tokens of ``text`` with one ``image_token_id`` per ``<image>``: each piece between
@@ -80,9 +81,10 @@ class ReleasedTemplate:
             ids += tokens
         return ids
 
-    def prompt_ids(self, tokenizer, question: str, image_token_id: int) -> list[int]:
-        """The generation prompt: everything up to ``ASSISTANT:``."""
-        return self.tokenize(tokenizer, self.prompt_text(question), image_token_id)
+    def prompt_ids(self, tokenizer, question: str, image_token_id: int, image=True) -> list[int]:
+        """The generation prompt: everything up to ``ASSISTANT:`` (``image=False``: a
+        text-only question, as the released evaluation asks HallusionBench's)."""
+        return self.tokenize(tokenizer, self.prompt_text(question, image), image_token_id)
 
     def encode(self, tokenizer, question: str, answer: str, image_token_id: int):
         """(ids, labels) of one conversation; TemplateError where the released rule would mask
@@ -112,8 +114,9 @@ class ChatTemplate:
         return f"{self.name}|{self.chat_template}"
 
     @staticmethod
-    def messages(question: str, answer: str | None = None) -> list[dict]:
-        user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    def messages(question: str, answer: str | None = None, image: bool = True) -> list[dict]:
+        items = [{"type": "image"}] if image else []
+        user = {"role": "user", "content": [*items, {"type": "text", "text": question}]}
         if answer is None:
             return [user]
         return [user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
@@ -126,21 +129,22 @@ class ChatTemplate:
             tokenize=False,
         )
 
-    def tokenize(self, tokenizer, text: str, image_token_id: int) -> list[int]:
+    def tokenize(self, tokenizer, text: str, image_token_id: int, images: int = 1) -> list[int]:
         """Tokens of rendered text; BOS added by the tokenizer unless the text starts with it."""
         bos = tokenizer.bos_token
         ids = tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
         found = ids.count(image_token_id)
-        if found != 1:
+        if found != images:
             raise TemplateError(
-                f"the chat template's text holds {found} image tokens, not 1; does the "
+                f"the chat template's text holds {found} image tokens, not {images}; does the "
                 "template write the tokenizer's image token for an image item?"
             )
         return ids
 
-    def prompt_ids(self, tokenizer, question: str, image_token_id: int) -> list[int]:
-        text = self.render(tokenizer, self.messages(question), generation_prompt=True)
-        return self.tokenize(tokenizer, text, image_token_id)
+    def prompt_ids(self, tokenizer, question: str, image_token_id: int, image=True) -> list[int]:
+        messages = self.messages(question, image=image)
+        text = self.render(tokenizer, messages, generation_prompt=True)
+        return self.tokenize(tokenizer, text, image_token_id, images=int(image))
 
     def encode(self, tokenizer, question: str, answer: str, image_token_id: int):
         prompt = self.prompt_ids(tokenizer, question, image_token_id)

@@ -122,3 +122,34 @@ def test_text_only_questions_are_asked_without_an_image(tiny_checkpoint, tmp_pat
     rows = json.loads(answers.read_text())
     assert [r["question"] for r in rows] == [e["question"] for e in entries]
     assert all(isinstance(r["model_prediction"], str) for r in rows)
+
+
+def test_score_with_an_offline_judge_uses_the_released_judge_settings(tmp_path, monkeypatch):
+    from test_eval_score_mmhal import REPLIES, template_entries
+
+    from symmpo.eval.judge import JudgeError
+    from symmpo.eval.scorers import mmhal
+
+    folder = tmp_path / "mmhal"
+    (folder / "images").mkdir(parents=True)
+    entries = template_entries()
+    (folder / "response_template.json").write_text(json.dumps(entries))
+    for entry in entries:
+        (folder / "images" / entry["image_src"].rsplit("/", 1)[1]).write_bytes(b"img")
+    rows = [mmhal.answer_row(q, "an answer") for q in mmhal.load_questions(folder)]
+    answers = tmp_path / "answers.json"
+    mmhal.write_answers(rows, answers)
+    requests, replies = tmp_path / "requests.jsonl", tmp_path / "replies.jsonl"
+    flags = ["score", "--benchmark", "mmhal", "--benchmark_dir", str(folder)]
+    flags += ["--answers", str(answers), "--judge_requests", str(requests)]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(JudgeError, match="judge requests written to"):
+        evaluate_main(flags)  # offline, no replies yet: the requests are out, nothing scored
+    sent = [json.loads(line) for line in requests.read_text().splitlines()]
+    assert len(sent) == 16 and sent[0]["model"] == "gpt-4-1106-preview"
+    replies.write_text(
+        "".join(json.dumps({"id": i, "reply": r}) + "\n" for i, (r, _) in enumerate(REPLIES))
+    )
+    result = evaluate_main([*flags, "--judge_replies", str(replies)])
+    assert result["mmhal_score"] == 3.0 and result["mmhal_hall"] == 0.4375  # as the scorer's test
+    assert (tmp_path / "eval.jsonl").read_text().count("\n") == 1  # the scored run only

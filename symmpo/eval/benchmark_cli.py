@@ -23,6 +23,14 @@ import pathlib
 from .benchmark_answers import RELEASED_GENERATION
 from .scorers import BENCHMARKS, scorer
 
+#: The released evaluation's judge per benchmark: (model, max_tokens), the defaults of
+#: --judge_model and --judge_max_tokens.
+RELEASED_JUDGE = {
+    "objhal": ("gpt-3.5-turbo-0125", None),
+    "mmhal": ("gpt-4-1106-preview", 512),
+    "hallusion": ("gpt-4", None),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -48,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--image_aspect_ratio", choices=("crop", "pad"), default="pad")
     generate.add_argument("--limit", type=int, help="answer the first N questions only")
     score.add_argument("--judge_url", help="an OpenAI-compatible endpoint, e.g. .../v1")
-    score.add_argument("--judge_model", help="the judge model's name at that endpoint")
+    score.add_argument("--judge_model", help="default: the released evaluation's judge model")
+    score.add_argument("--judge_max_tokens", type=int, help="default: the released setting")
     score.add_argument("--judge_requests", help="offline: write the judge requests here")
     score.add_argument("--judge_replies", help="offline: the judge's replies (JSONL)")
     return parser
@@ -64,11 +73,13 @@ def main(argv) -> dict:
     if args.judge_url or args.judge_requests or args.judge_replies:
         from .judge import Judge
 
+        model, max_tokens = RELEASED_JUDGE.get(args.benchmark, (None, None))
         judge = Judge(
             args.judge_url,
-            args.judge_model,
+            args.judge_model or model,
             requests_out=args.judge_requests,
             replies_in=args.judge_replies,
+            max_tokens=args.judge_max_tokens or max_tokens,
         )
     result = scorer(args.benchmark).score(args.answers, args.benchmark_dir, judge=judge)
     result = {"benchmark": args.benchmark, "answers": str(args.answers), **result}

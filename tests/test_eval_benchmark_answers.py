@@ -127,7 +127,6 @@ def test_text_only_questions_are_asked_without_an_image(tiny_checkpoint, tmp_pat
 def test_score_with_an_offline_judge_uses_the_released_judge_settings(tmp_path, monkeypatch):
     from test_eval_score_mmhal import REPLIES, template_entries
 
-    from symmpo.eval.judge import JudgeError
     from symmpo.eval.scorers import mmhal
 
     folder = tmp_path / "mmhal"
@@ -143,7 +142,7 @@ def test_score_with_an_offline_judge_uses_the_released_judge_settings(tmp_path, 
     flags = ["score", "--benchmark", "mmhal", "--benchmark_dir", str(folder)]
     flags += ["--answers", str(answers), "--judge_requests", str(requests)]
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(JudgeError, match="judge requests written to"):
+    with pytest.raises(SystemExit, match="mmhal: judge requests written to"):
         evaluate_main(flags)  # offline, no replies yet: the requests are out, nothing scored
     sent = [json.loads(line) for line in requests.read_text().splitlines()]
     assert len(sent) == 16 and sent[0]["model"] == "gpt-4-1106-preview"

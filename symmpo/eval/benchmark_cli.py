@@ -81,7 +81,12 @@ def main(argv) -> dict:
             replies_in=args.judge_replies,
             max_tokens=args.judge_max_tokens or max_tokens,
         )
-    result = scorer(args.benchmark).score(args.answers, args.benchmark_dir, judge=judge)
+    from .judge import JudgeError
+
+    try:
+        result = scorer(args.benchmark).score(args.answers, args.benchmark_dir, judge=judge)
+    except (JudgeError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"{args.benchmark}: {error}") from error
     result = {"benchmark": args.benchmark, "answers": str(args.answers), **result}
     with open(pathlib.Path("eval.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")

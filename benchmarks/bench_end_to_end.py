@@ -27,18 +27,19 @@ Two modes (the CSV's mode column):
   shared_varlen. Dtypes as train.py's full fine-tuning: float32 weights computed in bf16 under
   autocast, float32 gradients, AdamW's float32 state, fused (no foreach temporaries: the foreach
   step would allocate a 25 GiB copy of the second moments). That is 16 bytes a trained parameter,
-  as in the released run (DeepSpeed bf16: bf16 weights and gradients, float32 master weights and
-  Adam state). Estimated on one 139 GiB H200: 77 GiB resident (weights 26.3, Adam state 50.2),
-  peak about 110 GiB (+ 25.1 GiB of gradients in the backward, 12.6 GiB of autocast's bf16
-  weight copies during the forward, the activations).
+  as under DeepSpeed's bf16 mixed precision (bf16 weights and gradients, float32 master weights
+  and Adam state), spread there over several GPUs. Estimated on one 139 GiB H200: 77 GiB resident
+  (weights 26.3, Adam state 50.2), peak about 110 GiB (+ 25.1 GiB of gradients in the backward,
+  12.6 GiB of autocast's bf16 weight copies during the forward, the activations).
 
 Providers (what one step runs):
 
 - released_recipe: the released trainer as it runs: each of the 5B sequences carries its own
-  copy of its image through the CLIP tower and the projector under torch.no_grad (5B tower
-  passes), transformers' forward to full (5B, T, V) logits, the eager loss (float32 log_softmax
-  over all positions, gather, masked sum, the SymMPO terms in eager PyTorch), the reference
-  log-probs read from the batch (no reference model);
+  copy of its image through the CLIP tower (5B tower passes) under torch.no_grad, as the
+  released clip_encoder runs it (the projector too, here), transformers' forward to full
+  (5B, T, V) logits, the eager loss (float32 log_softmax over all positions, gather, masked sum,
+  the SymMPO terms in eager PyTorch), the reference log-probs read from the batch (no reference
+  model);
 - released_online_ref: released_recipe plus a second frozen copy of the model scoring the
   reference the same way every step. Not how the released trainer runs (it reads precomputed
   reference log-probs); kept to show what an online reference costs. LoRA only;
@@ -62,12 +63,15 @@ n_positions column holds R.
 
 Cases run full_finetune first, then the LoRA providers, each case holding only the models it
 needs (the others are dropped before it starts): released_online_ref's reference copy exists
-only during its cases, and shared_varlen_liger runs last. H100, before this split: 15 LoRA cases
-in 2m30; this suite adds 3 LoRA and 2 full fine-tuning cases and one model build.
+only during its cases, and shared_varlen_liger runs last. Size: on an H100 the 15 LoRA cases
+before this split took 2m30 with two model builds; this suite adds 3 LoRA and 2 full fine-tuning
+cases and one build, estimated at about 4 minutes of an H200 in all (device_check.sh gives its
+e2e step 360 s).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -293,21 +297,22 @@ def released_online_ref_loss(policy, batch, ref_model):
     return eager_symmpo_loss(released_sequence_logps(policy, batch), ref_logps)
 
 
+def trainer_loss(policy, batch, forward) -> torch.Tensor:
+    """train.py's loss: ``forward``'s hidden states to symmpo_loss_from_hidden, the reference
+    log-probs read from the batch."""
+    out = compute_loss(policy, batch, batch["ref_logps"], "symmpo", SymMPOConfig(), forward=forward)
+    return out.loss
+
+
 def naive_loss(policy, batch, ref_model=None):
-    """naive: train.py's `--forward naive` (2B images, 5B sequences, symmpo_loss_from_hidden)."""
-    config = SymMPOConfig()
-    return compute_loss(
-        policy, batch, batch["ref_logps"], "symmpo", config, forward=naive_forward
-    ).loss
+    """naive: train.py's `--forward naive` (2B images, one pass over the 5B sequences)."""
+    return trainer_loss(policy, batch, naive_forward)
 
 
 def shared_loss(policy, batch, ref_model=None):
     """shared, shared_varlen, shared_varlen_liger: train.py's `--forward shared`; the attention
     route (mask or varlen) and Liger's patches are the policy's, set by the caller."""
-    config = SymMPOConfig()
-    return compute_loss(
-        policy, batch, batch["ref_logps"], "symmpo", config, forward=shared_forward
-    ).loss
+    return trainer_loss(policy, batch, shared_forward)
 
 
 LOSSES = {
@@ -375,8 +380,9 @@ def reset_memory_peak() -> float | None:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated() / 2**20
+    with contextlib.suppress(OSError, AttributeError):  # glibc: freed heap pages returned
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap pages back to the system
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # VmHWM restarts from the current VmRSS
         return _status_mib("VmRSS")

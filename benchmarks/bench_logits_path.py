@@ -33,17 +33,17 @@ returns a dense (5B, T, V) gradient; inplace_grad writes them into the logits bu
 design whose caller never reads the non-target rows could, like the fused-linear path that
 never materialises the logits (bench_fused_linear.py). Metrics per row: ms (median), gbps (the
 floor's bytes over the time), floor_ms (the floor's bytes at the copy bandwidth measured in
-the same run: a device-to-device copy of a 1 GiB buffer, its bytes read and written counted,
-copy_bandwidth_gbps), floor_fraction (floor_ms / ms: 1 is at the floor), and on CUDA
+the same run by copy_bandwidth_gbps: a device-to-device copy of a 1 GiB buffer, its bytes read
+and written counted), floor_fraction (floor_ms / ms: 1 is at the floor), and on CUDA
 peak_mem_mb, what a call allocates beyond its inputs (the logits gradient included in
 backward/full).
 
-GPU time: about two minutes on an H200 by default. For that, eager and torch.compile run all
-modes at the first vocabulary and only full at the others, torch.compile only at
-SYMMPO_BENCH_COMPILE_N (default 8000 and 64000, at V = 32064: every shape compiles anew), and
-eager and torch.compile are skipped where their float32 temporaries would not fit in the free
-device memory (about 16 bytes a logit, estimate_eager_bytes: N = 16000 at V = 128256 and 151936
-on an H200).
+GPU time: sized for about two minutes on an H200 by default (an estimate, not yet timed on
+the card). For that, eager and torch.compile run all modes at the first vocabulary and only
+full at the others, torch.compile only at SYMMPO_BENCH_COMPILE_N (default 8000 and 64000, at
+V = 32064: every shape compiles anew), and eager and torch.compile are skipped where their
+float32 temporaries would not fit in the free device memory (about 16 bytes a logit,
+estimate_eager_bytes: N = 16000 at V = 128256 and 151936 on an H200).
 
 Environment: SYMMPO_BENCH_N (training-shaped N, e.g. 2000,8000), SYMMPO_BENCH_V (their
 vocabularies), SYMMPO_BENCH_ALL_TARGETS_N (all-targets N; empty: none), SYMMPO_BENCH_COMPILE_N
@@ -86,7 +86,7 @@ def _env_ints(name: str, default: str) -> list[int]:
 
 
 if TINY:
-    TRAINING_N, VOCABS, ALL_TARGETS_N = [10], [1000], [40]
+    TRAINING_N, VOCABS, ALL_TARGETS_N = [10], [1000], [20]
 elif CUDA:
     TRAINING_N = _env_ints("SYMMPO_BENCH_N", "2000,4000,8000,16000")
     VOCABS = _env_ints("SYMMPO_BENCH_V", "32064,128256,151936")
@@ -102,7 +102,7 @@ else:
     PROVIDERS = ["eager"]
 MODES = ["forward", "backward", "full", "full_unchecked", "reference"]
 #: N and V at which torch.compile runs (each shape compiles anew).
-COMPILE_N = _env_ints("SYMMPO_BENCH_COMPILE_N", "8000,64000") if CUDA else None
+COMPILE_N = _env_ints("SYMMPO_BENCH_COMPILE_N", "8000,64000")
 COMPILE_V = _env_ints("SYMMPO_BENCH_COMPILE_V", "32064")
 
 

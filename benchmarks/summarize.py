@@ -22,6 +22,8 @@ METRICS = {
     "tokens_per_s": "tok/s",
     "peak_mem_mb": "peak MiB",
     "resident_mem_mb": "resident MiB",
+    "step_mem_mb": "step MiB",
+    "floor_fraction": "of floor",
 }
 #: What the size column holds, by op.
 SIZE = {"end_to_end": "R", "fused_linear": "P"}

@@ -41,7 +41,7 @@ def main(n_positions: int = 32000, vocab: int = 32064) -> None:
         print(f"{block:>8} {warps:>5} {gb_f:>9.0f} {gb_b:>9.0f}")
         provider = f"symmpo_triton_bv{block}_w{warps}"
         for mode, ms, gb in (("forward_kernel", fwd, gb_f), ("backward_kernel", bwd, gb_b)):
-            common = ("logits_path", provider, mode, n, vocab, 0, "bfloat16")
+            common = ("logits_path_all_targets", provider, mode, n, vocab, 0, "bfloat16")
             out += [make_row(*common, "ms", ms, env), make_row(*common, "gbps", gb, env)]
     write_rows(out)
 

@@ -119,14 +119,38 @@ def test_cpu_memory_probe_separates_the_paths():
     from cpu_memory import measure
 
     shape = dict(batch=1, seq_len=256, hidden=64, vocab=32064, targets=50)
-    eager, fused = measure("eager", shape), measure("symmpo_fused_linear", shape)
+    eager, fused = measure("eager_all_positions", shape), measure("symmpo_fused_linear", shape)
     assert eager > 3 * fused, (eager, fused)
     assert eager > 300  # at least two 164 MB (5 x 256 x 32064 float32) tensors
 
 
-def test_end_to_end_benchmark_runs_and_plots(tmp_path):
+def test_end_to_end_benchmark_runs_and_plots(tmp_path, monkeypatch):
+    """The tiny CPU run: every LoRA provider but Liger's (CUDA only) in mode train_step, the
+    released recipe and `--forward shared` also in mode full_finetune; every case with its time,
+    tokens/s and (Linux: the process's resident set) peak, resident and step memory, step memory
+    being peak minus resident; the plot draws the CSV."""
+    # One thread: the tiny steps gain nothing from more, and on a busy machine OpenMP's waiting
+    # threads made the run up to twice as slow (30 s against 70 s).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     rows = _run_bench("bench_end_to_end.py", tmp_path)
-    assert {r["provider"] for r in rows} == {"released_way", "naive", "shared", "shared_varlen"}
+    lora = {"released_recipe", "released_online_ref", "naive", "shared", "shared_varlen"}
+    assert {r["provider"] for r in rows if r["mode"] == "train_step"} == lora
+    full = {r["provider"] for r in rows if r["mode"] == "full_finetune"}
+    assert full == {"released_recipe", "shared_varlen"}
+    metrics = {"ms", "tokens_per_s"}
+    if sys.platform == "linux":
+        metrics |= {"peak_mem_mb", "resident_mem_mb", "step_mem_mb"}
+    cases: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        cases.setdefault((r["mode"], r["provider"]), {})[r["metric"]] = float(r["value"])
+    assert len(cases) == len(lora) + len(full)
+    for case, values in cases.items():
+        assert set(values) == metrics, case
+        assert values["ms"] > 0 and values["tokens_per_s"] > 0, case
+        if "step_mem_mb" in values:
+            step = values["peak_mem_mb"] - values["resident_mem_mb"]
+            assert values["step_mem_mb"] == pytest.approx(step, rel=1e-4, abs=0.01), case
+            assert values["step_mem_mb"] >= 0, case
     from plot_end_to_end import main as plot
 
     out = plot(["--csv", str(tmp_path / "results.csv"), "--out", str(tmp_path / "p.png")])

@@ -17,16 +17,15 @@ Metrics:
   y_w on m'), the reward accuracy beta(r_w - r_l) > 0, and the mean reward margin;
 - on the embedded synthetic set: greedy answers to held-out questions and the hallucination rate,
   the fraction of answers naming a (colour, shape) absent from the scene;
-- CHAIR (Object HalBench): with the objects each answer mentions (words of a vocabulary,
-  synonyms mapped to their object), CHAIRs = answers with a hallucinated object / answers and
-  CHAIRi = hallucinated mentions / all mentions;
+- --chair_* and --amber_dir: quick CHAIR-style checks with the original CHAIR denominators and
+  word matching after plural folding, NOT the benchmarks' official numbers (those come from
+  ``generate`` and ``score``, symmpo.eval.scorers): CHAIRs = answers with a hallucinated
+  object / answers, CHAIRi = hallucinated mentions / all mentions; for AMBER's generative items
+  CHAIR, Cover and Hal over each image's short hallucination list;
 - --check_reference: does a data file's logps column fit the initial model, --template and
   --image_aspect_ratio? The largest |difference| of the sequences' log-prob sums (and
   averages) from the column over the first --limit records (default 32); nothing is appended
-  to eval.jsonl;
-- AMBER generative: CHAIR (hallucinated objects / mentioned objects over all answers), Cover
-  (truth objects mentioned / truth objects) and Hal (answers with a hallucinated object), with
-  objects matched by word after plural folding (AMBER's own script lemmatises with spaCy).
+  to eval.jsonl.
 
 Every evaluation appends one JSON line to ``<output_dir>/eval.jsonl``; the trainer's
 ``plot_curves`` draws ``<output_dir>/curves.png`` from ``metrics.jsonl`` and ``eval.jsonl``.

@@ -1,13 +1,14 @@
-"""Hallucination metrics of generated answers: which objects an answer mentions, and how many of
-them the image does not hold.
+"""Quick hallucination metrics of generated answers: which objects an answer mentions, and how
+many of them the image does not hold. Approximations for checks during a run; the benchmarks'
+official numbers come from ``symmpo.eval.scorers``.
 
 - CHAIR (Object HalBench): the objects each answer mentions (words of a vocabulary, synonyms
   mapped to their object); CHAIRs = answers with a hallucinated object / answers, CHAIRi =
   hallucinated mentions / all mentions (``chair_metrics``);
 - AMBER generative: CHAIR (hallucinated objects / mentioned objects over all answers), Cover
   (truth objects mentioned / truth objects) and Hal (answers with a hallucinated object), with
-  objects matched by word after plural folding (AMBER's own script lemmatises with spaCy)
-  (``amber_metrics``);
+  objects matched by word after plural folding, over each image's short hallucination list
+  (``amber_metrics``; AMBER's official algorithm: ``symmpo.eval.scorers.amber``);
 - the embedded synthetic set: the (colour, shape) groups an answer names that its scene lacks
   (``scene_hallucinations``).
 """

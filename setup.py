@@ -4,7 +4,7 @@ Install torch first (any release in the range below; pip keeps an installed torc
 satisfies it), then `pip install -e ".[dev]"`.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 TORCH = "torch>=2.4,<2.15"  # 2.11 on the GPU image, 2.13.0 as the CPU build; never upgraded
 TRAIN = [
@@ -16,7 +16,9 @@ TRAIN = [
     "tqdm>=4.60",
     "tokenizers>=0.20",
     "matplotlib>=3.7",  # the run's curves.png
+    "pyyaml>=6",  # --config files
 ]
+TRACKING = ["tensorboard>=2.14"]  # --report_to tensorboard (wandb: pip install wandb)
 BENCH = [
     "pytest-benchmark>=4.0",
     "liger-kernel>=0.5",
@@ -33,7 +35,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["symmpo", "symmpo_kernels"],
+    packages=["symmpo", *(f"symmpo.{p}" for p in find_packages("symmpo")), "symmpo_kernels"],
     # The folder kernels/ is installed as symmpo_kernels: a top-level `kernels` belongs to
     # Hugging Face's `kernels` package and one would overwrite the other.
     package_dir={"symmpo": "symmpo", "symmpo_kernels": "kernels"},
@@ -47,6 +49,7 @@ setup(
         "bench": BENCH,
         "flash": ["flash-attn>=2.6"],  # builds only against CUDA: optional, imported guarded
         "deepspeed": ["deepspeed>=0.15"],  # for configs/zero2.yaml and configs/zero3.yaml
-        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", *TRAIN, *BENCH],
+        "tracking": TRACKING,
+        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", *TRAIN, *BENCH, *TRACKING],
     },
 )

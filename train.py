@@ -43,6 +43,7 @@ from symmpo.train.cli import check_combinations, given_flags, parse_args, run_ma
 from symmpo.train.data import batch_records
 from symmpo.train.distributed import fill_deepspeed_sizes, make_accelerator
 from symmpo.train.forwards import FORWARDS
+from symmpo.train.hf_export import save_hf, save_merged
 from symmpo.train.model import add_lora, lora_inputs_uncast
 from symmpo.train.objectives import PolicyStep
 from symmpo.train.references import FrozenCopyReference, Scorer, autocast, choose_reference
@@ -68,6 +69,9 @@ def main(argv=None) -> dict:
         )
         return {"history": [], "finished": True, "step": saved["step"]}
     accelerator = make_accelerator(args)
+    if args.report_to != "none":  # numbers and strings only: trackers take no lists or None
+        plain = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("symmpo", config=plain)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *a, **k: None)
@@ -127,6 +131,8 @@ def main(argv=None) -> dict:
         result = evaluate_run(model, data.heldout, collator, reference, args, device, bf16, forward)
         if is_main and record:
             append_jsonl(out_dir / "eval.jsonl", {"step": step, **result})
+            numbers = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+            accelerator.log(numbers, step=step)
         return result
 
     start_label = "before training" if start_step == 0 else f"at step {start_step} (resumed)"
@@ -184,6 +190,7 @@ def main(argv=None) -> dict:
             row.update(tokens_per_s=tokens * world / elapsed, peak_mem_mb=peak_memory_mb(device))
             if is_main:
                 append_jsonl(out_dir / "metrics.jsonl", row)
+                accelerator.log({f"train/{k}": v for k, v in row.items()}, step=step + 1)
             tokens, window_start = 0, time.perf_counter()
         if args.eval_steps and (step + 1) % args.eval_steps == 0 and step + 1 < args.max_steps:
             run_eval(step + 1)
@@ -203,8 +210,13 @@ def main(argv=None) -> dict:
                 args.save_total_limit,
                 accelerator,
                 step_module,
+                export=lambda folder, weights: save_hf(
+                    model, tokenizer, processor, folder / "hf", weights
+                ),
             )
 
+    if args.merge_lora and is_main:
+        log(f"merged model: {save_merged(model, tokenizer, processor, out_dir / 'merged')}")
     after = run_eval(args.max_steps)
     plot = plot_curves(out_dir) if is_main else None
     if after is not None:

@@ -5,7 +5,8 @@ a file holding other objects, e.g. a pickle that would run code, is refused nami
 ``checkpoint-<step>/`` holds ``weights.pt`` (the trainable parameters: the LoRA adapters, or
 the whole model), ``optimizer.pt``, ``scheduler.pt``, ``rng_rank<r>.pt`` per process (Python,
 NumPy, torch and CUDA generator states as lists, numbers and tensors), ``trainer_state.json``
-(step, data position, the run's arguments). Under DeepSpeed, accelerate's ``save_state`` writes
+(step, data position, the run's arguments), and ``hf/`` (the model in the Hugging Face format:
+``hf_export``, through ``save_checkpoint``'s ``export``). Under DeepSpeed, ``save_state`` writes
 the (partitioned) model and optimizer into ``accelerate_state/`` for resuming; ``weights.pt``
 holds the gathered trainable parameters for evaluation. ``manifest.json``, written and fsynced
 last (after every file and folder), lists every other file: ``{"format": FORMAT, "step": N,
@@ -14,9 +15,8 @@ last (after every file and folder), lists every other file: ``{"format": FORMAT,
 ``resumable_checkpoint`` picks the newest checkpoint that verifies, renaming damaged ones
 ``checkpoint-N.corrupt-<time>`` (never deleted). A ``checkpoint-<step>`` folder is never partial:
 pruning renames to ``.prune-checkpoint-<step>`` before deleting; a killed save's ``.tmp-*`` and
-``.prune-*`` folders go at the next save. Folders without a manifest (stray, incomplete, or
-written before manifests existed: this project has no users with such checkpoints) are refused
-with a message naming them, and left in place.
+``.prune-*`` folders go at the next save. Folders without a manifest (stray or incomplete) are
+refused with a message naming them, and left in place.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ import torch
 PREFIX = "checkpoint-"
 MANIFEST = "manifest.json"
 FORMAT = "symmpo-checkpoint/1"
-#: Files every checkpoint holds (plus optimizer.pt, or accelerate_state/ under DeepSpeed).
-REQUIRED = ("weights.pt", "scheduler.pt", "rng_rank0.pt", "trainer_state.json")
+REQUIRED = ("weights.pt", "scheduler.pt", "rng_rank0.pt", "trainer_state.json")  # and more
 #: A killed save's folders (``.old-``: the swap folder of earlier versions).
 _LEFTOVERS = tuple(f".{kind}-{PREFIX}" for kind in ("tmp", "prune", "old"))
 
@@ -252,8 +251,10 @@ def save_checkpoint(
     keep: int,
     accelerator=None,
     engine=None,
+    export=None,
 ):
-    acc = accelerator or _SingleProcess()
+    """``export(folder, gathered weights under DeepSpeed or None)``: more files, then sealed."""
+    acc, gathered = accelerator or _SingleProcess(), None
     output_dir = pathlib.Path(output_dir)
     final = output_dir / f"{PREFIX}{step}"
     tmp = output_dir / f".tmp-{PREFIX}{step}"
@@ -273,10 +274,13 @@ def save_checkpoint(
             names = [n for n, p in model.named_parameters() if p.requires_grad]
             prefix = "model." if names and f"model.{names[0]}" in full else ""
             torch.save({n: full[prefix + n].cpu() for n in names}, tmp / "weights.pt")
+            gathered = {k.removeprefix(prefix): v for k, v in full.items()}
     elif acc.is_main_process:
         torch.save(trainable_state(model), tmp / "weights.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     if acc.is_main_process:
+        if export is not None:
+            export(tmp, gathered)
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(
             json.dumps({"step": step, **state}, indent=1, default=str)

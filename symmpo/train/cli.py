@@ -12,6 +12,7 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pathlib
 import sys
@@ -64,6 +65,10 @@ def check_combinations(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(
             "--ref lora scores the reference with the adapters disabled; allowed only with --lora"
         )
+    if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:
+        raise UsageError(f"--report_to {args.report_to}: pip install {args.report_to} first")
+    if args.merge_lora and not args.lora:
+        raise UsageError("--merge_lora merges LoRA adapters; allowed only with --lora")
     if args.liger and not _has_cuda():
         raise UsageError("--liger: Liger-Kernel's patches run on CUDA only; no GPU is visible")
     return args
@@ -85,18 +90,53 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def with_config(argv=None) -> list[str]:
+    """``argv`` (default sys.argv[1:]) with the flags of its ``--config`` YAML file put first,
+    so that the command line's own flags win. UsageError naming the file for an unreadable
+    file, a key that is no flag, or a value that is a list or a mapping."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config")
+    config = parser.parse_known_args(argv)[0].config
+    if config is None:
+        return argv
+    import yaml
+
+    try:
+        values = yaml.safe_load(pathlib.Path(config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(f"--config {config}: cannot read it ({error})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {config}: must hold a mapping of flag: value")
+    actions = {a.dest: a for a in build_parser()._actions}
+    tokens = []
+    for key, value in values.items():
+        action = actions.get(str(key).lstrip("-"))
+        if action is None or action.dest in ("config", "help"):
+            raise UsageError(f"--config {config}: {key!r} is not a flag of train.py")
+        if isinstance(value, (list, dict)):
+            raise UsageError(f"--config {config}: {key}: expected one value, got {value!r}")
+        flag = action.option_strings[0]
+        if action.nargs == 0:  # a switch: true turns it on
+            tokens += [flag] if value else []
+        elif value is not None:
+            tokens += [flag, str(value)]
+    return tokens + argv
+
+
 def parse_args(argv=None, description: str = "") -> argparse.Namespace:
-    """The flags of train.py, every value and the file system checked (UsageError); the
-    combinations are checked by ``check_combinations`` once a resumed run's flags are in."""
-    return check_paths(build_parser(description).parse_args(argv))
+    """The flags of train.py (a ``--config`` file's first), every value and the file system
+    checked (UsageError); the combinations are checked by ``check_combinations`` once a resumed
+    run's flags are in."""
+    return check_paths(build_parser(description).parse_args(with_config(argv)))
 
 
 def given_flags(argv=None) -> set[str]:
-    """The dests of the flags set on the command line (``argv``, default sys.argv[1:])."""
+    """The dests of the flags set on the command line or in its --config file."""
     parser = build_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
+    return set(vars(parser.parse_args(with_config(argv)))) - {"config"}
 
 
 def run_main(main: Callable, argv=None, prog: str | None = None):

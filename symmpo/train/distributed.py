@@ -41,8 +41,11 @@ def make_accelerator(args):
                 PartialState(backend="gloo")
         else:
             os.environ["ACCELERATE_USE_CPU"] = "1"
+    report_to = getattr(args, "report_to", "none")
     accelerator = Accelerator(
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        log_with=None if report_to == "none" else report_to,  # --report_to's tracker
+        project_dir=args.output_dir,
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # accelerate fills it in for mpirun
     if accelerator.num_processes != launched:

@@ -81,6 +81,11 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run in --output_dir from its latest checkpoint",
     )
+    run.add_argument(
+        "--config",
+        default=None,
+        help="a YAML file of flags ({flag: value}; flags given on the command line win)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seeds weights, data order and crops")
     run.add_argument(
         "--model_name_or_path",
@@ -304,6 +309,18 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         type=POSITIVE_INT,
         default=16,
         help="records per evaluation and reference-scoring batch",
+    )
+    log.add_argument(
+        "--report_to",
+        choices=("none", "tensorboard", "wandb"),
+        default="none",
+        help="also log metrics through accelerate's tracker (into --output_dir; metrics.jsonl "
+        "stays)",
+    )
+    log.add_argument(
+        "--merge_lora",
+        action="store_true",
+        help="LoRA: also write <output_dir>/merged, the model with the adapters merged in",
     )
     log.add_argument(
         "--eval_generate",

@@ -1,0 +1,101 @@
+"""At home in the Hugging Face stack: checkpoints load with from_pretrained (and peft), the merged
+LoRA model too, metrics reach tensorboard, and a YAML --config file holds flags."""
+
+import pytest
+import torch
+from train_script import load_train_script
+
+from symmpo.train.build import rebuild_run
+from symmpo.train.cli import UsageError, parse_args
+from symmpo.train.forwards import score_batch
+
+TINY_RUN = ["--n_train", "16", "--heldout", "4", "--batch_size", "4", "--eval_generate", "0"]
+
+
+def logps(model, collator, records) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return score_batch(model, collator(records), average=False)
+
+
+def test_lora_checkpoint_and_merged_model_load_with_from_pretrained(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from symmpo.train.model import tiny_llava
+    from symmpo.train.tokenizer import build_tokenizer
+
+    out = tmp_path / "run"
+    flags = [*TINY_RUN, "--max_steps", "2", "--lora", "--lora_r", "4", "--lr", "0.01"]
+    load_train_script().main([*flags, "--merge_lora", "--output_dir", str(out)])
+    run = rebuild_run(out / "checkpoint-2")  # the trained model, read back from weights.pt
+    records = run.heldout[:3]
+    expected = logps(run.model, run.collator, records)
+
+    hf = out / "checkpoint-2" / "hf"
+    assert (hf / "adapter_config.json").is_file() and (hf / "adapter_model.safetensors").is_file()
+    base, _ = tiny_llava(build_tokenizer(), seed=0)  # the run's initial model
+    adapted = PeftModel.from_pretrained(base, hf)
+    torch.testing.assert_close(logps(adapted, run.collator, records), expected)
+    initial, _ = tiny_llava(build_tokenizer(), seed=0)
+    assert not torch.allclose(logps(initial, run.collator, records), expected)  # it trained
+
+    merged = LlavaForConditionalGeneration.from_pretrained(out / "merged")
+    torch.testing.assert_close(logps(merged, run.collator, records), expected, rtol=1e-4, atol=1e-3)
+    processor = AutoProcessor.from_pretrained(hf)
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == base.config.image_token_id
+
+
+def test_full_fine_tuning_checkpoint_is_a_plain_llava_folder(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    out = tmp_path / "run"
+    load_train_script().main([*TINY_RUN, "--max_steps", "1", "--output_dir", str(out)])
+    run = rebuild_run(out / "checkpoint-1")
+    records = run.heldout[:2]
+    loaded = LlavaForConditionalGeneration.from_pretrained(out / "checkpoint-1" / "hf")
+    torch.testing.assert_close(
+        logps(loaded, run.collator, records), logps(run.model, run.collator, records)
+    )
+    with pytest.raises(UsageError, match="--merge_lora merges LoRA adapters"):
+        from symmpo.train.cli import check_combinations
+
+        check_combinations(parse_args(["--merge_lora", "--output_dir", str(tmp_path / "x")]))
+
+
+def test_metrics_reach_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    flags = [*TINY_RUN, "--max_steps", "2", "--logging_steps", "1", "--report_to", "tensorboard"]
+    result = load_train_script().main([*flags, "--output_dir", str(out)])
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events
+    scalars = EventAccumulator(str(events[0].parent)).Reload()
+    losses = scalars.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2]
+    assert losses[1].value == pytest.approx(result["history"][1]["loss"], rel=1e-6)
+    assert [e.step for e in scalars.Scalars("eval/logp_accuracy")] == [0, 2]
+
+
+def test_a_config_file_holds_flags_and_the_command_line_wins(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("lora: true\nlora_r: 8\nmax_steps: 7\nlr: 0.002\nloss: dpo\n")
+    args = parse_args(["--config", str(config), "--max_steps", "3", "--output_dir", "o"])
+    assert (args.lora, args.lora_r, args.max_steps, args.lr, args.loss) == (
+        True,
+        8,
+        3,
+        0.002,
+        "dpo",
+    )
+    config.write_text("lerning_rate: 0.1\n")
+    with pytest.raises(UsageError, match="'lerning_rate' is not a flag of train.py"):
+        parse_args(["--config", str(config)])
+    config.write_text("lr: [1, 2]\n")
+    with pytest.raises(UsageError, match="lr: expected one value"):
+        parse_args(["--config", str(config)])
+    config.write_text("max_steps: -1\n")  # a bad value: the flag's own one-line error
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(config)])
+    assert "argument --max_steps: got -1" in capsys.readouterr().err

@@ -19,6 +19,9 @@ TRAIN = [
     "pyyaml>=6",  # --config files
 ]
 TRACKING = ["tensorboard>=2.14"]  # --report_to tensorboard (wandb: pip install wandb)
+TRL = [
+    "trl>=1.16,<1.17; python_version >= '3.11'"
+]  # symmpo.integrations.trl uses private DPOTrainer hooks
 BENCH = [
     "pytest-benchmark>=4.0",
     "liger-kernel>=0.5",
@@ -50,6 +53,7 @@ setup(
         "flash": ["flash-attn>=2.6"],  # builds only against CUDA: optional, imported guarded
         "deepspeed": ["deepspeed>=0.15"],  # for configs/zero2.yaml and configs/zero3.yaml
         "tracking": TRACKING,
-        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", *TRAIN, *BENCH, *TRACKING],
+        "trl": [*TRAIN, *TRL],
+        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", *TRAIN, *BENCH, *TRACKING, *TRL],
     },
 )

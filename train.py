@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from symmpo.eval.plots import plot_curves
 from symmpo.eval.preference import evaluate_run
+from symmpo.train.batches import MicroBatches, micro_batch_loader
 from symmpo.train.build import (
     build_collator,
     build_data,
@@ -40,7 +41,6 @@ from symmpo.train.checkpoint import (
     save_checkpoint,
 )
 from symmpo.train.cli import check_combinations, given_flags, parse_args, run_main
-from symmpo.train.data import batch_records
 from symmpo.train.distributed import fill_deepspeed_sizes, make_accelerator
 from symmpo.train.forwards import FORWARDS
 from symmpo.train.hf_export import save_hf, save_merged
@@ -155,14 +155,12 @@ def main(argv=None) -> dict:
         total=args.max_steps,
         disable=not is_main,
     )
+    micro = MicroBatches(data.train, collator, args, global_batch, world, rank, start_step)
+    batches = iter(micro_batch_loader(micro, args.dataloader_workers))  # this process's, in order
     for step in bar:
         logged, losses = [], []
-        step_examples = batch_records(data.train, step, global_batch, args.seed)
-        for micro in range(args.grad_accum):
-            # This process's slice of the step's examples: micro-batch `micro` of every process
-            # comes before micro-batch `micro + 1` of any.
-            start = (micro * world + rank) * args.batch_size
-            batch = collator(step_examples[start : start + args.batch_size])
+        for _ in range(args.grad_accum):
+            batch = next(batches)
             # Backward outside autocast: leaving it frees autocast's bf16 copies of the float32
             # adapters (600 MiB for LoRA r = 128 on a 7B model) before the backward's peak; the
             # checkpointed layers recompute under the autocast state they ran with.

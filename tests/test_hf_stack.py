@@ -1,6 +1,8 @@
 """At home in the Hugging Face stack: checkpoints load with from_pretrained (and peft), the merged
 LoRA model too, metrics reach tensorboard, and a YAML --config file holds flags."""
 
+import json
+
 import pytest
 import torch
 from train_script import load_train_script
@@ -99,3 +101,43 @@ def test_a_config_file_holds_flags_and_the_command_line_wins(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--config", str(config)])
     assert "argument --max_steps: got -1" in capsys.readouterr().err
+
+
+def test_workers_collate_the_same_batches_in_the_same_order(tmp_path, make_collator, make_records):
+    from types import SimpleNamespace
+
+    from symmpo.train.batches import MicroBatches, micro_batch_loader
+
+    records = make_records(12, seed=4)
+    args = SimpleNamespace(batch_size=2, grad_accum=2, seed=3, max_steps=3)
+    micro = MicroBatches(records, make_collator(), args, 4, 1, 0, start_step=1)
+    seen = {workers: [b["idx"] for b in micro_batch_loader(micro, workers)] for workers in (0, 2)}
+    assert seen[0] == seen[2] and len(seen[0]) == 4  # steps 1 and 2, two micro-batches each
+    from symmpo.train.data import batch_records
+
+    step_1 = [r.idx for r in batch_records(records, 1, 4, 3)]
+    assert seen[0][0] + seen[0][1] == step_1  # micro-batch 0 then 1 of step 1, as train.py used
+
+
+def test_data_from_datasets_local_files_and_hub_ids(tmp_path, monkeypatch):
+    from symmpo.train.data_source import is_hub_id, read_rows
+    from symmpo.train.synthetic import make_synthetic_records
+
+    rows = make_synthetic_records(3, seed=8)
+    lines = []
+    for row in rows:
+        for k in (1, 2):
+            (tmp_path / f"{row['idx']}_{k}.png").write_bytes(row[f"image_{k}"]["bytes"])
+            row[f"image_{k}"] = f"{row['idx']}_{k}.png"
+        lines.append(json.dumps({k: v for k, v in row.items() if not k.startswith("scene")}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines))
+    read, base = read_rows(str(tmp_path / "data.jsonl"))
+    assert [r["idx"] for r in read] == [r["idx"] for r in rows] and base == tmp_path
+    assert read[1]["resp_1_w"] == rows[1]["resp_1_w"]
+
+    assert is_hub_id("owner/SymMPO-Dataset") and not is_hub_id(str(tmp_path / "data.jsonl"))
+    assert not is_hub_id("owner/data.parquet")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    with pytest.raises(FileNotFoundError, match="--data nobody/nothing-here: not a local file"):
+        read_rows("nobody/nothing-here")

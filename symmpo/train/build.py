@@ -56,6 +56,8 @@ def resolve_defaults(args):
         args.lr = TINY["lr"] if tiny else REAL["lr_lora"] if args.lora else REAL["lr_full"]
     if args.heldout is None and args.data is None:
         args.heldout = TINY["heldout"]
+    if getattr(args, "dataloader_workers", 0) is None:
+        args.dataloader_workers = 2 if torch.cuda.is_available() else 0
     return args
 
 
@@ -148,7 +150,7 @@ def build_data(args, collator, check_train: bool = True) -> Data:
         skipped += more
         identity = {"records": records_fingerprint(train + heldout)}
     else:
-        records, skipped = load_records(args.data, skip)
+        records, skipped = load_records(args.data, skip, getattr(args, "data_split", "train"))
         if args.heldout is None:
             args.heldout = default_heldout(len(records))
         train, heldout = split_heldout(records, args.heldout, args.seed)

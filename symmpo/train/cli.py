@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from .checkpoint import list_checkpoints
 from .data import BadRecord
+from .data_source import is_hub_id
 from .flags import build_parser
 from .update_guard import NonFiniteTraining
 
@@ -32,7 +33,7 @@ class UsageError(ValueError):
 def check_paths(args: argparse.Namespace) -> argparse.Namespace:
     """The file system's checks, before any work: a missing --data first, then the output
     folder (an earlier run needs --resume; --resume needs one). Raises UsageError."""
-    if args.data is not None:
+    if args.data is not None and not is_hub_id(args.data):
         data = pathlib.Path(args.data)
         if not data.exists():
             raise UsageError(f"--data {args.data}: no such file or folder")

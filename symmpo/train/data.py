@@ -239,10 +239,13 @@ def _numbers(values, idx) -> list[float]:
     return numbers
 
 
-def load_records(source: str, skip_bad: bool = False):
-    """(records, skipped) from a parquet file or folder or a .jsonl file. Rows are checked
-    field by field: a bad one raises BadRecord, or with ``skip_bad`` is counted in skipped."""
-    rows, base = _read_rows(source)
+def load_records(source: str, skip_bad: bool = False, split: str = "train"):
+    """(records, skipped) from a parquet file or folder, a .jsonl file or a cached hub data set
+    (``symmpo.train.data_source``). Rows are checked field by field: a bad one raises
+    BadRecord, or with ``skip_bad`` is counted in skipped."""
+    from .data_source import read_rows
+
+    rows, base = read_rows(source, split)
     records, skipped = [], []
     for row in rows:
         try:
@@ -252,36 +255,6 @@ def load_records(source: str, skip_bad: bool = False):
                 raise
             skipped.append(error)
     return records, skipped
-
-
-def _read_rows(source: str) -> tuple[list[dict], pathlib.Path]:
-    path = pathlib.Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"--data {source}: no such file or folder")
-    if path.is_dir():
-        files = sorted(path.rglob("*.parquet"))
-        if not files:
-            raise FileNotFoundError(f"--data {source}: the folder holds no .parquet file")
-        return [row for f in files for row in _parquet_rows(f)], path
-    if path.suffix == ".parquet":
-        return _parquet_rows(path), path.parent
-    if path.suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for line_number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{path}:{line_number}: not JSON ({error})") from error
-        return rows, path.parent
-    raise ValueError(f"--data {source}: expected a .parquet file or folder, or a .jsonl file")
-
-
-def _parquet_rows(path: pathlib.Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
 
 
 def records_from_rows(rows: list[dict], skip_bad: bool = False):

@@ -97,8 +97,19 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     data.add_argument(
         "--data",
         default=None,
-        help="a released-layout parquet file or folder, or a .jsonl file; "
+        help="a released-layout parquet file or folder, a .jsonl file, or a hub data set id "
+        "(from the local cache); "
         "default: the embedded synthetic set",
+    )
+    data.add_argument(
+        "--dataloader_workers",
+        type=COUNT,
+        default=None,
+        help="processes collating batches ahead (images decoded, text tokenized); "
+        "default: 2 with a GPU, 0 (the main process) without",
+    )
+    data.add_argument(
+        "--data_split", default="train", help="the split of a hub data set id given as --data"
     )
     data.add_argument(
         "--heldout",

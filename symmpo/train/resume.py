@@ -30,10 +30,13 @@ CHANGEABLE = frozenset(
         "eval_batch_size",
         "eval_generate",
         "gradient_checkpointing",
+        "dataloader_workers",
+        "report_to",
+        "merge_lora",
     }
 )
 #: Flags that name the run or the command itself, never compared.
-NOT_COMPARED = frozenset({"output_dir", "resume", "ref_cache_dir"})
+NOT_COMPARED = frozenset({"output_dir", "resume", "ref_cache_dir", "config"})
 
 
 def continue_run(args: argparse.Namespace, given: set[str], saved: dict, log=print):

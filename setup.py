@@ -53,6 +53,9 @@ setup(
         "flash": ["flash-attn>=2.6"],  # builds only against CUDA: optional, imported guarded
         "deepspeed": ["deepspeed>=0.15"],  # for configs/zero2.yaml and configs/zero3.yaml
         "tracking": TRACKING,
+        # AMBER's official word handling (plus nltk's punkt/tagger/wordnet data and spaCy's
+        # en_core_web_lg model, downloaded by hand); without them its scorer approximates
+        "amber": ["nltk>=3.8", "spacy>=3.7"],
         "trl": [*TRAIN, *TRL],
         "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", *TRAIN, *BENCH, *TRACKING, *TRL],
     },

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from symmpo.eval.plots import plot_curves
 from symmpo.eval.preference import evaluate_run
+from symmpo.eval.summary import before_after
 from symmpo.train.batches import MicroBatches, micro_batch_loader
 from symmpo.train.build import (
     build_collator,
@@ -50,6 +51,7 @@ from symmpo.train.references import FrozenCopyReference, Scorer, autocast, choos
 from symmpo.train.resume import continue_run, saved_run_args, write_run_args
 from symmpo.train.run_lock import RunLock
 from symmpo.train.run_log import append_jsonl, keep_rows, mean_over_processes, peak_memory_mb
+from symmpo.train.sft import supervised_model
 from symmpo.train.update_guard import UpdateGuard
 
 
@@ -90,6 +92,11 @@ def main(argv=None) -> dict:
     data = build_data(args, collator)
     if data.skipped:
         log(f"skipped {len(data.skipped)} bad record(s), first: {data.skipped[0]}")
+    if args.sft_steps:  # LLaVA's recipe in miniature: captions first, vision tower frozen
+        model, sft = supervised_model(
+            args, model, collator, data.train, out_dir, model_identity, log
+        )
+        model_identity = {**model_identity, "supervised": sft["key"]}  # the reference starts here
     global_batch = check_batch_fits(args, data, world)
     args.max_steps = args.max_steps or len(data.train) // global_batch  # one epoch
     if is_main:
@@ -130,7 +137,8 @@ def main(argv=None) -> dict:
             return None
         result = evaluate_run(model, data.heldout, collator, reference, args, device, bf16, forward)
         if is_main and record:
-            append_jsonl(out_dir / "eval.jsonl", {"step": step, **result})
+            stage = "sft" if step == 0 and args.sft_steps else "preference"
+            append_jsonl(out_dir / "eval.jsonl", {"stage": stage, "step": step, **result})
             numbers = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
             accelerator.log(numbers, step=step)
         return result
@@ -219,11 +227,8 @@ def main(argv=None) -> dict:
     plot = plot_curves(out_dir) if is_main else None
     if after is not None:
         log(f"held-out after step {args.max_steps}: {json.dumps(after)}")
-        key = "logp_accuracy"
-        log(
-            f"held-out preference accuracy (log p(y_w|m) > log p(y_l|m)): "
-            f"{before[key]:.3f} ({start_label}) -> {after[key]:.3f} (after step {args.max_steps})"
-        )
+        first = "supervised" if start_step == 0 and args.sft_steps else start_label
+        log(before_after(before, after, first, f"after step {args.max_steps}"))
     log(
         f"saved in {out_dir}: checkpoints {', '.join(p.name for p in list_checkpoints(out_dir))}; "
         f"training metrics metrics.jsonl"

@@ -13,9 +13,11 @@ def parse(*argv):
 
 def test_defaults_depend_on_the_model():
     tiny = parse()
-    assert (tiny.batch_size, tiny.max_steps, tiny.lr, tiny.heldout) == (8, 1200, 1e-3, 64)
+    assert (tiny.batch_size, tiny.max_steps, tiny.lr, tiny.heldout) == (8, 300, 5e-4, 64)
+    assert tiny.sft_steps == 600  # the supervised stage: the tiny model only
     real = parse("--model_name_or_path", "m", "--data", "d")
     assert (real.batch_size, real.max_steps, real.lr, real.heldout) == (4, None, 5e-6, None)
+    assert real.sft_steps == 0
     assert parse("--model_name_or_path", "m", "--lora").lr == 2e-5
     assert parse("--lr", "0.5", "--batch_size", "2").lr == 0.5
 

@@ -12,12 +12,17 @@ from PIL import Image
 from symmpo.train.synthetic import (
     COLOUR_NAMES,
     COLOURS,
+    PARTNERS,
     QUESTIONS,
     SHAPE_PLURALS,
     SHAPES,
+    conforms,
     describe_scene,
+    exact_rate,
+    hallucination_rate,
     make_group,
     make_synthetic_records,
+    missing_partners,
     parse_description,
     scene_key,
     synthetic_splits,
@@ -140,18 +145,57 @@ def test_images_show_exactly_the_scene_objects(records):
             assert blobs_per_colour(decode(record[name]).convert("RGB")) == expected
 
 
-def test_contrast_scene_differs_in_exactly_one_attribute_of_one_group(records):
+def _objects(scene) -> set[tuple[str, str]]:
+    return {(g["colour"], g["shape"]) for g in scene}
+
+
+def test_contrast_scene_keeps_or_breaks_the_prior_by_one_partner(records):
+    """m' changes one group's count (both conform), or adds or removes one partner group, so
+    that exactly one of m and m' breaks the prior."""
+    kinds = set()
     for record in records:
         scene_1, scene_2 = record["scene_1"], record["scene_2"]
-        assert [g["position"] for g in scene_1] == [g["position"] for g in scene_2]
-        changes = [
-            (g1["position"], attribute)
-            for g1, g2 in zip(scene_1, scene_2, strict=True)
-            for attribute in ("shape", "colour", "count")
-            if g1[attribute] != g2[attribute]
-        ]
-        assert len(changes) == 1, (scene_1, scene_2)
         assert decode(record["image_1"]).tobytes() != decode(record["image_2"]).tobytes()
+        if len(scene_1) == len(scene_2):
+            kinds.add("conforming")
+            assert conforms(scene_1) and conforms(scene_2)
+            changes = [
+                (g1["position"], attribute)
+                for g1, g2 in zip(scene_1, scene_2, strict=True)
+                for attribute in ("shape", "colour", "count", "position")
+                if g1[attribute] != g2[attribute]
+            ]
+            assert [attribute for _, attribute in changes] == ["count"], (scene_1, scene_2)
+            continue
+        small, large = sorted((scene_1, scene_2), key=len)
+        kinds.add("partner_added" if small is scene_1 else "partner_removed")
+        assert len(large) == len(small) + 1
+        assert all(g in large for g in small)
+        (extra,) = [g for g in large if g not in small]
+        assert conforms(large) and not conforms(small)
+        assert missing_partners(small) == [(extra["colour"], extra["shape"])]
+    assert kinds == {"conforming", "partner_added", "partner_removed"}
+
+
+def test_training_captions_carry_the_prior():
+    """Most paired objects the training images show come with their partner."""
+    train = make_synthetic_records(400, seed=1)
+    shown = [o for r in train for s in (r["scene_1"], r["scene_2"]) for o in _objects(s)]
+    with_partner = [
+        PARTNERS[o] in _objects(s)
+        for r in train
+        for s in (r["scene_1"], r["scene_2"])
+        for o in _objects(s)
+        if o in PARTNERS
+    ]
+    assert len(with_partner) > len(shown) / 2
+    assert sum(with_partner) / len(with_partner) > 0.75
+
+
+def test_heldout_images_break_the_prior_half_the_time():
+    _, heldout = synthetic_splits(n_train=64, n_heldout=200, seed=4)
+    breaking = sum(not conforms(r["scene_1"]) for r in heldout) / len(heldout)
+    assert 0.35 < breaking < 0.65
 
 
 def test_chosen_responses_describe_their_scenes(records):
@@ -170,17 +214,51 @@ def test_chosen_responses_describe_their_scenes(records):
         assert record["resp_2_w"] != record["resp_1_w"]
 
 
-def test_rejected_responses_mention_something_absent_from_their_scene(records):
+def test_rejected_responses_name_an_object_absent_from_their_scene(records):
+    """y_l names one (colour, shape) the image lacks by construction, the missing partner when
+    the scene breaks the prior, else an absent paired object: in place of a distractor (same
+    count and region) when the scene has one, else as an extra group; the rest as drawn."""
     for record in records:
         for scene, text in (
             (record["scene_1"], record["resp_1_l"]),
             (record["scene_2"], record["resp_2_l"]),
         ):
-            assert mentioned_objects(text) - scene_objects(scene), (scene, text)
-            assert text != describe_scene(scene)
+            named = parse_description(text)
+            (wrong,) = [g for g in named if g not in scene]
+            absent = (wrong["colour"], wrong["shape"])
+            assert absent not in _objects(scene) and absent in PARTNERS
+            if not conforms(scene):
+                assert absent in missing_partners(scene)
+            distractors = [g for g in scene if (g["colour"], g["shape"]) not in PARTNERS]
+            if distractors:  # substituted: same regions and counts, one distractor renamed
+                assert len(named) == len(scene)
+                (replaced,) = [g for g in scene if g not in named]
+                assert replaced in distractors
+                assert (replaced["count"], replaced["position"]) == (
+                    wrong["count"],
+                    wrong["position"],
+                )
+            else:
+                assert len(named) == len(scene) + 1 and all(g in named for g in scene)
+            assert hallucination_rate([text], [scene]) == 1.0
+            assert exact_rate([text], [scene]) == 0.0
         # a rejected answer on one image is never the correct answer on the other image
         assert record["resp_1_l"] != record["resp_2_w"]
         assert record["resp_2_l"] != record["resp_1_w"]
+
+
+def test_metrics_on_hand_made_answers():
+    scene = [make_group("circle", "red", 2, "left"), make_group("square", "blue", 1, "top")]
+    right = "There are two red circles on the left and one blue square at the top."
+    wrong_count = "There are two red circles on the left and two blue squares at the top."
+    partner_only = "There is one blue square at the top."
+    absent = "There are two red circles on the left and one green square at the top."
+    garbage = "t t t <0x9B>"
+    answers = [right, wrong_count, partner_only, absent, garbage]
+    assert hallucination_rate(answers, [scene] * 5) == pytest.approx(1 / 5)
+    assert exact_rate(answers, [scene] * 5) == pytest.approx(1 / 5)
+    assert exact_rate([" " + right + " "], [scene]) == 1.0
+    assert hallucination_rate([], []) == 0.0 and exact_rate([], []) == 0.0
 
 
 def test_descriptions_use_correct_plurals_and_lists():

@@ -21,8 +21,10 @@ from __future__ import annotations
 import torch
 
 from ..train.forwards import score_batch
+from ..train.sft import swap_accuracy
+from ..train.synthetic import exact_rate, hallucination_rate
 from .generation import generate_answers
-from .hallucination import parse_groups, scene_hallucinations
+from .hallucination import parse_groups
 
 #: Per comparison (by its accuracy's name): the name of its mean reward margin and of its reward
 #: accuracy (None: not reported). A comparison missing here gets "<name>_reward_margin".
@@ -77,8 +79,9 @@ def preference_metrics(model, records, collator, reference_logps, args, autocast
 def evaluate_run(model, records, collator, reference_logps, args, device, use_bf16, forward):
     """Preference metrics on ``records``, plus, for records of the embedded set, greedy answers
     to the first ``args.eval_generate`` questions: ``hallucination_rate`` (the fraction of
-    answers naming a (colour, shape) absent from the scene), ``described_rate`` (the fraction
-    naming any group at all) and ``example_answer`` (the first answer, 120 characters).
+    answers naming a (colour, shape) absent from the scene), ``exact_rate`` (answers equal to
+    the correct description), ``described_rate`` (the fraction naming any group at all) and
+    the first question and answer; and ``swap_accuracy`` (log p(y_w|m) > log p(y_w|m')).
 
     The model is put in eval mode and back; bf16 autocast on ``device`` when ``use_bf16``."""
     was_training = model.training
@@ -94,12 +97,15 @@ def evaluate_run(model, records, collator, reference_logps, args, device, use_bf
             answers = generate_answers(
                 model, collator, [r.question for r in scenes], [r.load_image() for r in scenes]
             )
-        pairs = zip(answers, scenes, strict=True)
-        flagged = [scene_hallucinations(a, r.extra["scene_1"]) > 0 for a, r in pairs]
+        truths = [r.extra["scene_1"] for r in scenes]
         described = [bool(parse_groups(a)) for a in answers]
-        result["hallucination_rate"] = sum(flagged) / len(flagged)
+        result["hallucination_rate"] = hallucination_rate(answers, truths)
+        result["exact_rate"] = exact_rate(answers, truths)
         result["described_rate"] = sum(described) / len(described)
+        result["example_question"] = scenes[0].question
         result["example_answer"] = answers[0][:120]
+    if any(r.contrast_image is not None for r in records):
+        result["swap_accuracy"] = swap_accuracy(model, collator, records, args.eval_batch_size)
     if was_training:
         model.train()
     return result

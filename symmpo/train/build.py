@@ -16,6 +16,7 @@ reference for evaluation.
 from __future__ import annotations
 
 import math
+import pathlib
 import random
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -39,10 +40,12 @@ from .data import (
 from .forwards import FORWARDS
 from .model import add_lora, apply_liger, build_policy, num_image_tokens
 from .references import AdaptersOffReference, FrozenCopyReference, Scorer
+from .sft import supervised_model
 from .shared_varlen import choose_shared_attention, use_varlen_attention
 
-#: The tiny built-in default's sizes: 8 examples a micro-batch, 1200 steps at lr 1e-3.
-TINY = {"batch_size": 8, "max_steps": 1200, "lr": 1e-3, "heldout": 64}
+#: The tiny built-in default's sizes: a 600-step supervised stage, then 300 preference steps of
+#: 8 examples at lr 5e-4.
+TINY = {"batch_size": 8, "max_steps": 300, "lr": 5e-4, "heldout": 64, "sft_steps": 600}
 #: A real checkpoint's: the released recipe's lr 5e-6 for full fine-tuning; LoRA 2e-5 (README).
 REAL = {"batch_size": 4, "lr_full": 5e-6, "lr_lora": 2e-5}
 
@@ -56,6 +59,8 @@ def resolve_defaults(args):
         args.lr = TINY["lr"] if tiny else REAL["lr_lora"] if args.lora else REAL["lr_full"]
     if args.heldout is None and args.data is None:
         args.heldout = TINY["heldout"]
+    if getattr(args, "sft_steps", 0) is None:
+        args.sft_steps = TINY["sft_steps"] if tiny else 0
     if getattr(args, "dataloader_workers", 0) is None:
         args.dataloader_workers = 2 if torch.cuda.is_available() else 0
     return args
@@ -225,12 +230,18 @@ def rebuild_run(checkpoint) -> RebuiltRun:
     second model otherwise), scored online."""
     state = read_trainer_state(checkpoint)  # verified against its manifest first
     defaults = {"shared_attention": "auto", "template": "llava_v1", "image_aspect_ratio": "crop"}
+    defaults.update(sft_steps=0, sft_lr=1e-3)
     run = SimpleNamespace(**{**defaults, **state["args"]})
     run.gradient_checkpointing = run.liger = False  # evaluation needs neither
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda" and not run.no_bf16
-    model, tokenizer, processor, _ = build_model(run, device, bf16, state)
+    model, tokenizer, processor, identity = build_model(run, device, bf16, state)
     forward = FORWARDS[run.forward]
+    collator = build_collator(run, model, tokenizer, processor)
+    data = build_data(run, collator, check_train=run.sft_steps > 0)
+    if run.sft_steps:  # the run's supervised model, from its cache: the reference starts there
+        folder = pathlib.Path(checkpoint).parent
+        model, _ = supervised_model(run, model, collator, data.train, folder, identity)
     scorer = Scorer(forward, run.average_log_prob, False, device, bf16)
     if run.lora:
         model = add_lora(model, run.lora_r, run.lora_alpha, run.lora_dropout)
@@ -238,6 +249,4 @@ def rebuild_run(checkpoint) -> RebuiltRun:
     else:
         reference = FrozenCopyReference(model, scorer)  # a copy of the initial weights
     load_weights(checkpoint, model)
-    collator = build_collator(run, model, tokenizer, processor)
-    data = build_data(run, collator, check_train=False)
     return RebuiltRun(model, collator, data.heldout, reference, run, state, device, bf16, forward)

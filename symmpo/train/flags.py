@@ -119,7 +119,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         "set, else a tenth of the records, at most 64",
     )
     data.add_argument(
-        "--n_train", type=POSITIVE_INT, default=384, help="embedded set: training records"
+        "--n_train", type=POSITIVE_INT, default=2400, help="embedded set: training records"
     )
     data.add_argument(
         "--template",
@@ -147,6 +147,16 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         action="store_true",
         help="skip and count bad records instead of stopping",
     )
+    sft = p.add_argument_group("supervised stage (the tiny default: LLaVA's recipe in miniature)")
+    sft.add_argument(
+        "--sft_steps",
+        type=COUNT,
+        default=None,
+        help="captioning steps on (m, y_w) and (m', y_w') before preference training, vision "
+        "tower and projector frozen, cached in --output_dir; default 600 for the tiny model, "
+        "0 (skip) for a checkpoint",
+    )
+    sft.add_argument("--sft_lr", type=POSITIVE, default=1e-3, help="the supervised stage's lr")
     loss = p.add_argument_group("loss (docs/math.md)")
     loss.add_argument(
         "--loss",

@@ -3,50 +3,82 @@
 Every record follows the released SymMPO layout (``idx, question, resp_1_w, resp_1_l, resp_2_w,
 resp_2_l, image_1, image_2, image_path_1, image_path_2, origin_dataset, origin_split``) plus
 ``scene_1`` and ``scene_2``: the drawn scenes as JSON-serialisable lists of object groups,
-``{"shape", "colour", "count", "position"}``, for a hallucination metric.
+``{"shape", "colour", "count", "position"}``, for the hallucination metrics.
 
-A scene holds 1 to 3 groups on a plain light background; a group is ``count`` (1 to 3) equal
-shapes of one colour in one region of the image, and no two groups share a (colour, shape) pair
-or a region. Image m draws scene 1; the contrastive image m' draws scene 2, the same scene with
-exactly one attribute (colour, shape or count) of one group changed. ``resp_*_w`` describe their
-scene correctly; ``resp_*_l`` hallucinate on it: one attribute of one group changed to something
-absent from the scene, or an extra, absent group. Records are drawn from a ``random.Random``
-keyed on (seed, split, idx), so a record depends on nothing else and the output is byte-identical
-for equal arguments.
+The scenes follow a language prior that some images contradict (``symmpo.train.synthetic_world``:
+paired objects usually come together). Image m draws scene 1, the contrastive image m' scene 2;
+one of them breaks the prior where the record's kind says so. ``resp_*_w`` describe their scene
+correctly; ``resp_*_l`` are the prior-driven hallucination on it: the scene plus an object it
+lacks, the missing partner when it has one. Records are drawn from a ``random.Random`` keyed on
+(seed, split, idx), so a record depends on nothing else and the output is byte-identical for
+equal arguments. ``hallucination_rate`` and ``exact_rate`` score answers against scenes.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import random
 import re
 from collections.abc import Iterable
 
 from PIL import Image, ImageDraw
 
-#: Shape names, and their plural forms for counts above one.
-SHAPES = ("circle", "square", "triangle")
-SHAPE_PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
+from .synthetic_world import (
+    COLOUR_NAMES,
+    COLOURS,
+    COUNT_WORDS,
+    KIND_WEIGHTS,
+    MAX_COUNT,
+    MAX_GROUPS,
+    PARTNERS,
+    POSITIONS,
+    RECORD_KINDS,
+    SHAPE_PLURALS,
+    SHAPES,
+    canonical_scene,
+    conforms,
+    make_group,
+    missing_partners,
+    prior_hallucination,
+    sample_kind,
+    sample_scene,
+    scene_key,
+    scene_objects,
+    scenes_of_kind,
+)
 
-#: Colour names and the RGB value each is drawn with: far apart in RGB and from the background.
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 160, 50),
-    "blue": (30, 70, 220),
-    "yellow": (235, 195, 0),
-    "purple": (140, 40, 180),
-}
-COLOUR_NAMES = tuple(COLOURS)
+__all__ = [
+    "COLOUR_NAMES",
+    "COLOURS",
+    "COUNT_WORDS",
+    "KIND_WEIGHTS",
+    "MAX_COUNT",
+    "MAX_GROUPS",
+    "PARTNERS",
+    "POSITIONS",
+    "QUESTIONS",
+    "RECORD_KINDS",
+    "SHAPE_PLURALS",
+    "SHAPES",
+    "canonical_scene",
+    "conforms",
+    "describe_scene",
+    "exact_rate",
+    "hallucinated_scene",
+    "hallucination_rate",
+    "make_group",
+    "make_record",
+    "make_synthetic_records",
+    "missing_partners",
+    "parse_description",
+    "sample_scene",
+    "scene_key",
+    "synthetic_splits",
+]
+
 BACKGROUND_RGB = (240, 240, 235)
 
-#: Counts a group may have, spelled out.
-COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
-MAX_COUNT = max(COUNT_WORDS)
-MAX_GROUPS = 3
-
-#: Regions of the image, in the order a description lists them, and how a description names them.
-POSITIONS = ("left", "right", "top", "bottom", "center")
+#: How a description names each region.
 POSITION_PHRASES = {
     "left": "on the left",
     "right": "on the right",
@@ -78,122 +110,17 @@ QUESTIONS = (
     "Describe the objects in the image.",
 )
 
-#: Ways a rejected response departs from its scene (an attribute change or an extra group).
-HALLUCINATION_KINDS = ("colour", "shape", "count", "extra_group")
-#: Ways the contrastive scene departs from scene 1.
-CONTRAST_ATTRIBUTES = ("colour", "shape", "count")
-
 ORIGIN_DATASET = "symmpo-synthetic"
-_HALLUCINATION_ATTEMPTS = 8
-
-
-# -- scenes -------------------------------------------------------------------------------------
-
-
-def make_group(shape: str, colour: str, count: int, position: str) -> dict:
-    """One object group, in the key order scenes are stored with."""
-    return {"shape": shape, "colour": colour, "count": count, "position": position}
-
-
-def canonical_scene(scene: Iterable[dict]) -> list[dict]:
-    """Copies of the groups, ordered by region as descriptions list them."""
-    groups = [make_group(g["shape"], g["colour"], g["count"], g["position"]) for g in scene]
-    return sorted(groups, key=lambda group: POSITIONS.index(group["position"]))
-
-
-def scene_key(scene: Iterable[dict]) -> str:
-    """A string that identifies a scene regardless of group order (for comparisons and sets)."""
-    return json.dumps(canonical_scene(scene), sort_keys=True)
-
-
-def _pairs(scene: Iterable[dict]) -> set[tuple[str, str]]:
-    return {(group["colour"], group["shape"]) for group in scene}
-
-
-def sample_scene(rng: random.Random) -> list[dict]:
-    """1 to 3 groups in distinct regions with distinct (colour, shape) pairs, counts 1 to 3."""
-    n_groups = rng.randint(1, MAX_GROUPS)
-    positions = rng.sample(POSITIONS, n_groups)
-    pairs = rng.sample([(c, s) for c in COLOUR_NAMES for s in SHAPES], n_groups)
-    groups = [
-        make_group(shape, colour, rng.randint(1, MAX_COUNT), position)
-        for (colour, shape), position in zip(pairs, positions, strict=True)
-    ]
-    return canonical_scene(groups)
-
-
-def _attribute_options(scene: list[dict], index: int, attribute: str) -> list:
-    """Values that ``attribute`` of group ``index`` may change to, keeping pairs distinct."""
-    group = scene[index]
-    taken = _pairs(g for i, g in enumerate(scene) if i != index)
-    colour, shape = group["colour"], group["shape"]
-    if attribute == "colour":
-        return [c for c in COLOUR_NAMES if c != colour and (c, shape) not in taken]
-    if attribute == "shape":
-        return [s for s in SHAPES if s != shape and (colour, s) not in taken]
-    if attribute == "count":
-        return [k for k in COUNT_WORDS if k != group["count"]]
-    raise ValueError(f"unknown attribute {attribute!r}")
-
-
-def _with_attribute(scene: list[dict], index: int, attribute: str, value) -> list[dict]:
-    changed = [dict(group) for group in scene]
-    changed[index][attribute] = value
-    return canonical_scene(changed)
-
-
-def contrast_scene(scene: list[dict], rng: random.Random) -> list[dict]:
-    """The scene with exactly one attribute (colour, shape or count) of one group changed."""
-    index = rng.randrange(len(scene))
-    attributes = list(CONTRAST_ATTRIBUTES)
-    rng.shuffle(attributes)
-    for attribute in attributes:  # count always has options, so this always returns
-        options = _attribute_options(scene, index, attribute)
-        if options:
-            return _with_attribute(scene, index, attribute, rng.choice(options))
-    raise AssertionError("unreachable: a count can always change")
-
-
-def _hallucinate_once(scene: list[dict], kind: str, rng: random.Random) -> list[dict] | None:
-    """The scene a hallucinated response describes, or None if ``kind`` cannot apply here."""
-    present_colours = {group["colour"] for group in scene}
-    present_pairs = _pairs(scene)
-    if kind == "extra_group":
-        free_positions = [p for p in POSITIONS if p not in {g["position"] for g in scene}]
-        absent_pairs = [(c, s) for c in COLOUR_NAMES for s in SHAPES if (c, s) not in present_pairs]
-        colour, shape = rng.choice(absent_pairs)
-        extra = make_group(shape, colour, rng.randint(1, MAX_COUNT), rng.choice(free_positions))
-        return canonical_scene([*scene, extra])
-    index = rng.randrange(len(scene))
-    group = scene[index]
-    if kind == "colour":  # a colour that appears nowhere in the scene
-        options = [c for c in COLOUR_NAMES if c not in present_colours]
-    elif kind == "shape":  # a (colour, shape) object that is absent from the scene
-        options = [s for s in SHAPES if (group["colour"], s) not in present_pairs]
-    elif kind == "count":  # the group's object, but in a number the image does not show
-        options = [k for k in COUNT_WORDS if k != group["count"]]
-    else:
-        raise ValueError(f"unknown hallucination kind {kind!r}")
-    if not options:
-        return None
-    return _with_attribute(scene, index, kind, rng.choice(options))
 
 
 def hallucinated_scene(
     scene: list[dict], rng: random.Random, forbidden_descriptions: Iterable[str] = ()
 ) -> list[dict]:
-    """A scene that differs from ``scene`` by one absent attribute value or one absent group.
-
-    ``forbidden_descriptions`` (e.g. the other image's correct description) are never returned;
-    after a few draws that hit them, an extra group is added, which cannot match a description
-    of a scene with as many groups as this one.
-    """
-    forbidden = set(forbidden_descriptions)
-    for _ in range(_HALLUCINATION_ATTEMPTS):
-        candidate = _hallucinate_once(scene, rng.choice(HALLUCINATION_KINDS), rng)
-        if candidate is not None and describe_scene(candidate) not in forbidden:
-            return candidate
-    return _hallucinate_once(scene, "extra_group", rng)
+    """The scene a prior-driven hallucination describes (``prior_hallucination``): ``scene``
+    plus an absent object, its missing partner when it has one; never a scene whose description
+    is in ``forbidden_descriptions``."""
+    forbidden = {scene_key(parse_description(text)) for text in forbidden_descriptions}
+    return prior_hallucination(scene, rng, forbidden)
 
 
 # -- text ---------------------------------------------------------------------------------------
@@ -242,6 +169,24 @@ def parse_description(text: str) -> list[dict]:
         )
         for match in _GROUP_PATTERN.finditer(text)
     ]
+
+
+def names_absent_object(answer: str, scene: Iterable[dict]) -> bool:
+    """Whether the answer names a (colour, shape) object the scene does not hold."""
+    present = scene_objects(scene)
+    return any((g["colour"], g["shape"]) not in present for g in parse_description(answer))
+
+
+def hallucination_rate(answers: Iterable[str], scenes: Iterable[Iterable[dict]]) -> float:
+    """The fraction of answers naming an object (colour, shape) absent from their scene."""
+    flags = [names_absent_object(a, s) for a, s in zip(answers, scenes, strict=True)]
+    return sum(flags) / max(len(flags), 1)
+
+
+def exact_rate(answers: Iterable[str], scenes: Iterable[Iterable[dict]]) -> float:
+    """The fraction of answers equal to their scene's correct description."""
+    flags = [a.strip() == describe_scene(s) for a, s in zip(answers, scenes, strict=True)]
+    return sum(flags) / max(len(flags), 1)
 
 
 # -- images -------------------------------------------------------------------------------------
@@ -305,11 +250,15 @@ def _record_rng(seed: int, split: str, idx: int) -> random.Random:
     return random.Random(f"{ORIGIN_DATASET}/{seed}/{split}/{idx}")
 
 
-def _scenes_for(rng: random.Random, avoid_scenes: set[str]) -> tuple[list[dict], list[dict]]:
-    scene_1 = sample_scene(rng)
+def _scenes_for(
+    rng: random.Random, split: str, avoid_scenes: set[str]
+) -> tuple[str, list[dict], list[dict]]:
+    """(kind, scene 1, scene 2) of a record of ``split``; scene 1 is never in ``avoid_scenes``."""
+    kind = sample_kind(rng, split)
+    scene_1, scene_2 = scenes_of_kind(kind, rng)
     while scene_key(scene_1) in avoid_scenes:
-        scene_1 = sample_scene(rng)
-    return scene_1, contrast_scene(scene_1, rng)
+        scene_1, scene_2 = scenes_of_kind(kind, rng)
+    return kind, scene_1, scene_2
 
 
 def make_record(
@@ -325,11 +274,11 @@ def make_record(
     images out of the training set).
     """
     rng = _record_rng(seed, split, idx)
-    scene_1, scene_2 = _scenes_for(rng, set(avoid_scenes))
+    _, scene_1, scene_2 = _scenes_for(rng, split, set(avoid_scenes))
     question = rng.choice(QUESTIONS)
     resp_1_w, resp_2_w = describe_scene(scene_1), describe_scene(scene_2)
-    resp_1_l = describe_scene(hallucinated_scene(scene_1, rng, forbidden_descriptions=[resp_2_w]))
-    resp_2_l = describe_scene(hallucinated_scene(scene_2, rng, forbidden_descriptions=[resp_1_w]))
+    resp_1_l = describe_scene(prior_hallucination(scene_1, rng, [scene_key(scene_2)]))
+    resp_2_l = describe_scene(prior_hallucination(scene_2, rng, [scene_key(scene_1)]))
     return {
         "idx": idx,
         "question": question,

@@ -1,0 +1,189 @@
+"""The supervised stage before preference training: LLaVA-1.5's recipe in miniature.
+
+The vision tower and the projector stay frozen (as in LLaVA-1.5's later stages: training the
+tiny random tower with the language model washes the image out of its features); the language
+model learns to caption, (m, y_w) and (m', y_w') of every record, with the next-token loss over
+the answer tokens (the collator's labels), AdamW with a cosine schedule, ``SFT_BATCH`` records
+(2 x ``SFT_BATCH`` captions) a step.
+
+``supervised_model`` runs the stage once per setting: the trained weights are saved in the
+output folder as ``sft-<fingerprint>.pt``, the fingerprint covering everything they depend on
+(seed, steps, lr, batch, the data's content, the model's config and initial identity, the
+tokenizer, the template and the image preprocessing). A later run with the same settings loads
+them (``torch.load(weights_only=True)``) instead of training; any change selects another file.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import torch
+import torch.nn.functional as F
+
+from .data import batch_records, records_fingerprint
+from .model import naive_forward, unwrap
+from .reference_cache import fingerprint
+
+#: Records a step (each gives two captions), learning rate and warmup share of the stage.
+SFT_BATCH = 16
+SFT_LR = 1e-3
+SFT_WARMUP_RATIO = 0.03
+#: A caption: (record, response attribute, image attribute) of a ``PreferenceRecord``.
+CAPTIONS = (("chosen", "image"), ("contrast", "contrast_image"))
+
+
+def freeze_vision(model) -> None:
+    """Stop gradients to the vision tower and the projector (the language model still trains)."""
+    llava = unwrap(model)
+    for module in (llava.model.vision_tower, llava.model.multi_modal_projector):
+        module.requires_grad_(False)
+
+
+def caption_batch(collator, items) -> dict:
+    """A naive-forward batch of captions: ``items`` are (record, response, image) with response
+    an attribute of the record (``"chosen"``, ``"contrast"``) and image ``"image"`` or
+    ``"contrast_image"``; each sequence is the collator's (labels -100 on the prompt), right
+    padded, with its own image."""
+    encoded = [collator.encode(record, response) for record, response, _ in items]
+    length = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(items), length), collator.pad_id, dtype=torch.long)
+    labels = torch.full((len(items), length), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+    for row, (ids, labs) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        attention_mask[row, : len(ids)] = 1
+    images = [record.load_image(image) for record, _, image in items]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "pixel_values": collator.pixel_values(images),
+        "image_index": torch.arange(len(items)),
+    }
+
+
+def caption_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, T-1, V) predicting tokens 1.., labels (N, T-1) aligned with them)."""
+    hidden, labels = naive_forward(model, batch)
+    logits = unwrap(model).lm_head(hidden[:, :-1])
+    return logits, labels[:, 1:]
+
+
+def caption_loss(model, batch: dict) -> torch.Tensor:
+    """Mean next-token cross-entropy over the batch's answer tokens."""
+    logits, labels = caption_logits(model, batch)
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+
+@torch.no_grad()
+def caption_logps(model, batch: dict) -> torch.Tensor:
+    """(N,) summed log-probs of each caption's answer tokens."""
+    logits, labels = caption_logits(model, batch)
+    logps = torch.log_softmax(logits.float(), dim=-1)
+    mask = labels != -100
+    picked = logps.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1).cpu()
+
+
+@torch.no_grad()
+def swap_accuracy(model, collator, records, batch_size: int = 16) -> float:
+    """The fraction of records with log p(y_w | m) > log p(y_w | m'): the model reads m."""
+    was_training = model.training
+    model.eval()
+    wins = 0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        items = [(r, "chosen", "image") for r in chunk]
+        items += [(r, "chosen", "contrast_image") for r in chunk]
+        logps = caption_logps(model, caption_batch(collator, items)).view(2, len(chunk))
+        wins += int((logps[0] > logps[1]).sum())
+    model.train(was_training)
+    return wins / max(len(records), 1)
+
+
+def train_supervised(
+    model, collator, records, steps: int, lr: float = SFT_LR, seed: int = 0, log=print
+):
+    """Train ``model``'s language model in place on the records' captions (module docstring);
+    the vision tower and projector frozen. Returns the model and the per-step losses."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    freeze_vision(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+    warmup = round(SFT_WARMUP_RATIO * steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
+    batch_size = min(SFT_BATCH, len(records))
+    model.train()
+    losses = []
+    for step in range(steps):
+        chunk = batch_records(records, step, batch_size, seed)
+        items = [(r, response, image) for response, image in CAPTIONS for r in chunk]
+        loss = caption_loss(model, caption_batch(collator, items))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if (step + 1) % max(steps // 10, 1) == 0 or step + 1 == steps:
+            log(f"supervised step {step + 1}/{steps}: caption loss {losses[-1]:.4f}")
+    return model, losses
+
+
+def supervised_key(model, collator, records, steps: int, lr: float, seed: int, identity) -> str:
+    """The fingerprint of everything the supervised weights depend on."""
+    processor = collator.image_processor
+    to_json = getattr(processor, "to_json_string", None)
+    tokenizer = collator.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return fingerprint(
+        stage="sft",
+        seed=seed,
+        steps=steps,
+        lr=lr,
+        batch=SFT_BATCH,
+        warmup=SFT_WARMUP_RATIO,
+        data=records_fingerprint(records),
+        model=identity,
+        config=unwrap(model).config.to_json_string(),
+        tokenizer=backend.to_str() if backend is not None else repr(tokenizer),
+        template=collator.template.identity(),
+        image_processor=to_json() if to_json else repr(processor),
+        image_aspect_ratio=collator.image_aspect_ratio,
+        max_length=collator.max_length,
+    )
+
+
+def supervised_path(out_dir, key: str) -> pathlib.Path:
+    """Where the supervised weights of fingerprint ``key`` are kept."""
+    return pathlib.Path(out_dir) / f"sft-{key}.pt"
+
+
+def supervised_model(args, model, collator, records, out_dir, identity=None, log=print):
+    """``model`` after the supervised stage (``args.sft_steps`` steps at ``args.sft_lr``, seed
+    ``args.seed``), trained on ``records`` or loaded from ``out_dir``'s cache when one with the
+    same fingerprint exists (``supervised_key``; ``identity``: the model's identity from
+    ``build_model``). Returns (model, info) with info {"path", "key", "cached", "losses"}; the
+    vision tower and projector are left frozen either way. ``sft_steps`` 0 skips the stage and
+    returns the model untouched."""
+    steps, lr, seed = args.sft_steps, args.sft_lr, args.seed
+    if steps <= 0:
+        return model, {"path": None, "key": None, "cached": False, "losses": []}
+    freeze_vision(model)
+    key = supervised_key(model, collator, records, steps, lr, seed, identity)
+    path = supervised_path(out_dir, key)
+    llava = unwrap(model)
+    if path.exists():
+        llava.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        log(f"supervised stage: loaded {path} (same settings as the run that trained it)")
+        return model, {"path": path, "key": key, "cached": True, "losses": []}
+    log(f"supervised stage: {steps} steps on {len(records)} records, lr {lr}")
+    model, losses = train_supervised(model, collator, records, steps, lr, seed, log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".pt.partial")
+    torch.save({k: v.detach().cpu() for k, v in llava.state_dict().items()}, partial)
+    partial.replace(path)  # a torn write never takes the final name
+    log(f"supervised stage: saved {path}")
+    return model, {"path": path, "key": key, "cached": False, "losses": losses}

@@ -228,7 +228,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         "--max_steps",
         type=POSITIVE_INT,
         default=None,
-        help="optimizer steps; default: 1200 for the tiny model, else one epoch",
+        help="optimizer steps; default: 300 for the tiny model, else one epoch",
     )
     opt.add_argument(
         "--batch_size",

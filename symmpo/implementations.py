@@ -62,10 +62,15 @@ def fused_symmpo(
     ``check_ref``) every output is NaN. ``check_in_backward(flags)``, when given, runs in
     the backward right before its kernel's launch.
 
-    By default the custom ops (``torch.ops.symmpo.fused_loss``: compilable, graph-capturable,
-    no host sync); ``inplace_grad`` or a backward check take the autograd Function."""
+    On CUDA (and under torch.compile) the custom ops (``torch.ops.symmpo.fused_loss``:
+    compilable, graph-capturable, no host sync); CPU tensors, ``inplace_grad`` or a backward
+    check take the autograd Function (the same kernels, no sync in its forward either)."""
     kernels = _kernels()
-    if not inplace_grad and check_in_backward is None:
+    # The custom ops on CUDA and under torch.compile; CPU tensors (Triton's interpreter) take
+    # the autograd Function, which runs the same kernels: the interpreter inside the op
+    # dispatcher crashed a test process after some imports (a segfault seen in CI).
+    graph = logits.is_cuda or torch.compiler.is_compiling()
+    if graph and not inplace_grad and check_in_backward is None:
         return kernels.fused_loss_result(
             logits,
             labels,

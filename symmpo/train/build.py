@@ -60,7 +60,7 @@ def resolve_defaults(args):
     if args.heldout is None and args.data is None:
         args.heldout = TINY["heldout"]
     if getattr(args, "sft_steps", 0) is None:
-        args.sft_steps = TINY["sft_steps"] if tiny else 0
+        args.sft_steps = TINY["sft_steps"] if tiny and args.data is None else 0  # built-in set
     if getattr(args, "dataloader_workers", 0) is None:
         args.dataloader_workers = 2 if torch.cuda.is_available() else 0
     return args

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMMON = (
     "--n_train 32 --heldout 8 --batch_size 4 --global_batch_size 8 --max_steps 4 "
     "--logging_steps 1 --eval_generate 0 --save_steps 100 --lr_scheduler_type constant "
-    "--warmup_ratio 0"
+    "--warmup_ratio 0 --sft_steps 0"
 ).split()
 
 
@@ -152,7 +152,7 @@ def test_deepspeed_zero3_lora_trains_and_its_checkpoint_evaluates(tmp_path):
     out = tmp_path / "z3"
     args = (
         "--n_train 16 --heldout 4 --batch_size 4 --max_steps 2 --eval_generate 1 --lora "
-        "--lora_r 4 --lora_alpha 8"
+        "--lora_r 4 --lora_alpha 8 --sft_steps 0"
     ).split()
     run(
         [

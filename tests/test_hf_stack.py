@@ -2,6 +2,7 @@
 LoRA model too, metrics reach tensorboard, and a YAML --config file holds flags."""
 
 import json
+import pathlib
 
 import pytest
 import torch
@@ -20,27 +21,31 @@ def logps(model, collator, records) -> torch.Tensor:
         return score_batch(model, collator(records), average=False)
 
 
-def test_lora_checkpoint_and_merged_model_load_with_from_pretrained(tmp_path):
+def test_lora_checkpoint_and_merged_model_load_with_from_pretrained(tmp_path, capsys):
+    """A LoRA run after a short supervised stage: its adapters name the supervised model (saved
+    in the Hugging Face format) as their base, and base + adapters score as the run's model."""
     from peft import PeftModel
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from symmpo.train.model import tiny_llava
-    from symmpo.train.tokenizer import build_tokenizer
-
     out = tmp_path / "run"
     flags = [*TINY_RUN, "--max_steps", "2", "--lora", "--lora_r", "4", "--lr", "0.01"]
-    load_train_script().main([*flags, "--merge_lora", "--output_dir", str(out)])
+    train = load_train_script(supervised_stage=True)
+    train.main([*flags, "--sft_steps", "3", "--merge_lora", "--output_dir", str(out)])
+    capsys.readouterr()
     run = rebuild_run(out / "checkpoint-2")  # the trained model, read back from weights.pt
+    assert capsys.readouterr().out == ""  # its messages go to stderr: evaluate's stdout is JSON
     records = run.heldout[:3]
     expected = logps(run.model, run.collator, records)
 
     hf = out / "checkpoint-2" / "hf"
     assert (hf / "adapter_config.json").is_file() and (hf / "adapter_model.safetensors").is_file()
-    base, _ = tiny_llava(build_tokenizer(), seed=0)  # the run's initial model
+    base_folder = json.loads((hf / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert pathlib.Path(base_folder).parent == out.resolve()  # the supervised model, sft-<key>/
+    base = LlavaForConditionalGeneration.from_pretrained(base_folder)
+    supervised = logps(base, run.collator, records)
     adapted = PeftModel.from_pretrained(base, hf)
     torch.testing.assert_close(logps(adapted, run.collator, records), expected)
-    initial, _ = tiny_llava(build_tokenizer(), seed=0)
-    assert not torch.allclose(logps(initial, run.collator, records), expected)  # it trained
+    assert not torch.allclose(supervised, expected)  # the preference stage trained
 
     merged = LlavaForConditionalGeneration.from_pretrained(out / "merged")
     torch.testing.assert_close(logps(merged, run.collator, records), expected, rtol=1e-4, atol=1e-3)

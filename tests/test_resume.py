@@ -37,7 +37,7 @@ def test_flags_not_given_are_the_runs_own():
         (["--beta", "0.2"], "--beta 0.2 (the run has 0.1)"),
         (["--max_length", "512"], "--max_length 512 (the run has 2048)"),
         (["--lr_scheduler_type", "constant"], "--lr_scheduler_type constant (the run has cosine)"),
-        (["--n_train", "100"], "--n_train 100 (the run has 384)"),
+        (["--n_train", "100"], "--n_train 100 (the run has 2400)"),
         (["--max_steps", "600"], "--max_steps 600 (the run has 1200)"),
     ],
 )

@@ -311,7 +311,7 @@ def test_each_result_prints_once_and_the_run_says_where_it_saved(tmp_path, capsy
     printed = capsys.readouterr().out
     assert printed.count("held-out before training:") == 1
     assert printed.count("held-out after step 2:") == 1
-    assert printed.count("held-out preference accuracy") == 1
+    assert printed.count("preference accuracy, log p(y_w|m) > log p(y_l|m)") == 1  # the table
     last = printed.strip().splitlines()[-1]
     assert last.startswith(f"saved in {out}:")
     for name in ("checkpoint-2", "metrics.jsonl", "eval.jsonl", "curves.png"):

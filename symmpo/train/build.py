@@ -15,9 +15,11 @@ reference for evaluation.
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 import random
+import sys
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -241,7 +243,8 @@ def rebuild_run(checkpoint) -> RebuiltRun:
     data = build_data(run, collator, check_train=run.sft_steps > 0)
     if run.sft_steps:  # the run's supervised model, from its cache: the reference starts there
         folder = pathlib.Path(checkpoint).parent
-        model, _ = supervised_model(run, model, collator, data.train, folder, identity)
+        say = functools.partial(print, file=sys.stderr)  # stdout carries evaluate's JSON
+        model, _ = supervised_model(run, model, collator, data.train, folder, identity, say)
     scorer = Scorer(forward, run.average_log_prob, False, device, bf16)
     if run.lora:
         model = add_lora(model, run.lora_r, run.lora_alpha, run.lora_dropout)

@@ -11,11 +11,16 @@ output folder as ``sft-<fingerprint>.pt``, the fingerprint covering everything t
 (seed, steps, lr, batch, the data's content, the model's config and initial identity, the
 tokenizer, the template and the image preprocessing). A later run with the same settings loads
 them (``torch.load(weights_only=True)``) instead of training; any change selects another file.
+Beside it, ``sft-<fingerprint>/`` holds the same model in the Hugging Face format
+(``LlavaForConditionalGeneration.from_pretrained``): the base that a LoRA run's adapters
+(its checkpoints' ``hf/``) name in their ``adapter_config.json``.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +166,25 @@ def supervised_path(out_dir, key: str) -> pathlib.Path:
     return pathlib.Path(out_dir) / f"sft-{key}.pt"
 
 
+def supervised_hf_folder(model, collator, out_dir, key: str) -> pathlib.Path:
+    """The supervised model in the Hugging Face format at ``<out_dir>/sft-<key>/`` (written once),
+    recorded as the model's ``name_or_path`` so peft adapters trained on it name it as their
+    base."""
+    from .hf_export import save_hf
+
+    folder = pathlib.Path(out_dir) / f"sft-{key}"
+    if not folder.is_dir():  # written aside, then renamed: processes of one run may race here
+        partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+        save_hf(model, collator.tokenizer, collator.image_processor, partial)
+        try:
+            partial.rename(folder)
+        except OSError:  # another process published it first
+            shutil.rmtree(partial, ignore_errors=True)
+    llava = unwrap(model)
+    llava.name_or_path = llava.config._name_or_path = str(folder.resolve())  # what peft records
+    return folder
+
+
 def supervised_model(args, model, collator, records, out_dir, identity=None, log=print):
     """``model`` after the supervised stage (``args.sft_steps`` steps at ``args.sft_lr``, seed
     ``args.seed``), trained on ``records`` or loaded from ``out_dir``'s cache when one with the
@@ -178,12 +202,13 @@ def supervised_model(args, model, collator, records, out_dir, identity=None, log
     if path.exists():
         llava.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         log(f"supervised stage: loaded {path} (same settings as the run that trained it)")
+        supervised_hf_folder(model, collator, out_dir, key)
         return model, {"path": path, "key": key, "cached": True, "losses": []}
     log(f"supervised stage: {steps} steps on {len(records)} records, lr {lr}")
     model, losses = train_supervised(model, collator, records, steps, lr, seed, log)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".pt.partial")
+    partial = path.with_suffix(f".pt.partial-{os.getpid()}")
     torch.save({k: v.detach().cpu() for k, v in llava.state_dict().items()}, partial)
     partial.replace(path)  # a torn write never takes the final name
-    log(f"supervised stage: saved {path}")
+    log(f"supervised stage: saved {path} and {supervised_hf_folder(model, collator, out_dir, key)}")
     return model, {"path": path, "key": key, "cached": False, "losses": losses}

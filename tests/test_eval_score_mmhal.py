@@ -90,20 +90,8 @@ def test_answer_rows_and_write_answers_round_trip(bench, tmp_path):
     # the released filler removes every "Assistant:" and strips the ends
     row = mmhal.answer_row(questions[0], "  Assistant: There are two cats. Überall.\n")
     assert row["model_answer"] == "There are two cats. Überall."
-    assert (
-        tuple(row)
-        == mmhal.FIELDS
-        == (
-            "question_type",
-            "question_topic",
-            "image_id",
-            "image_src",
-            "image_content",
-            "question",
-            "gt_answer",
-            "model_answer",
-        )
-    )
+    # the official field order: that of the template entries above
+    assert tuple(row) == mmhal.FIELDS == tuple(template_entries()[0])
     assert questions[0].fields["model_answer"] == ""  # the question is left as it was
     rows = [row] + [mmhal.answer_row(q, f"answer {q.id}") for q in questions[1:]]
     path = tmp_path / "out" / "answers.template.json"
@@ -219,14 +207,16 @@ def test_score_and_hall_by_hand_with_an_offline_judge(bench, tmp_path):
     sent = [json.loads(line) for line in requests_out.read_text().splitlines()]
     assert [s["id"] for s in sent] == list(range(16))
     assert sent[3]["model"] == "gpt-4-1106-preview"
-    assert sent[3]["messages"] == [
-        {
-            "role": "user",
-            "content": mmhal.PROMPT.format(
-                "Object3, Tree", "Question 3 about the counting?", "Truth 3.", "my answer 3"
-            ),
-        }
-    ]
+    (message,) = sent[3]["messages"]
+    assert message["role"] == "user"
+    assert message["content"].startswith("Please act as an impartial and objective judge")
+    # question 3's fields, and the model's answer with "Assistant:" removed, close the prompt
+    assert message["content"].endswith(
+        "### Image Contents\nObject3, Tree\n\n"
+        "### Question\nQuestion 3 about the counting?\n\n"
+        "### Standard Human-Generated Answer\nTruth 3.\n\n"
+        "### LMM Response to Evaluate\nmy answer 3\n"
+    )
 
 
 def test_score_reads_the_released_generator_output_and_checks_the_pairing(bench, tmp_path):

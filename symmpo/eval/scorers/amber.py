@@ -60,7 +60,7 @@ import pathlib
 import sys
 from collections.abc import Mapping
 
-from . import Question
+from . import Question, first_file, read_json
 from .amber_words import language_tools
 
 #: AMBER's generative questions are ids 1..1004; the yes/no questions follow.
@@ -84,12 +84,7 @@ QUERY_FILES = (
 def find_file(benchmark_dir, name: str) -> pathlib.Path | None:
     """``name`` in the benchmark folder: at its top, under ``query/``, ``data/`` or
     ``data/query/``; None when absent."""
-    base = pathlib.Path(benchmark_dir)
-    for folder in ("", "query", "data", "data/query"):
-        path = base / folder / name
-        if path.is_file():
-            return path
-    return None
+    return first_file(benchmark_dir, (name,), ("", "query", "data", "data/query"))
 
 
 def _require(benchmark_dir, name: str) -> pathlib.Path:
@@ -215,11 +210,7 @@ def read_answers(answers) -> list[dict]:
     """Answer rows from a path (a JSON list, one JSON object, or JSON lines), a list of
     ``{"id", "response"}`` rows, or a mapping {id: response}."""
     if isinstance(answers, (str, os.PathLike)):
-        text = pathlib.Path(answers).read_text(encoding="utf-8")
-        try:
-            answers = json.loads(text)
-        except json.JSONDecodeError:
-            answers = [json.loads(line) for line in text.splitlines() if line.strip()]
+        answers = read_json(answers)
         if isinstance(answers, dict) and "id" in answers:
             answers = [answers]
     if isinstance(answers, Mapping):

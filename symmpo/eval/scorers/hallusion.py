@@ -48,11 +48,9 @@ requests and replies files).
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 
-from . import Question
+from . import Question, check_keys, group_by, official_file, read_entries, write_json_list
 
 QUESTION_FILE = "HallusionBench.json"
 IMAGE_FOLDERS = ("", "hallusion_bench")
@@ -74,28 +72,12 @@ CORRECTNESS_PROMPT = (
 
 def question_file(benchmark_dir) -> pathlib.Path:
     """The official question file in ``benchmark_dir`` (or ``benchmark_dir`` itself, a file)."""
-    path = pathlib.Path(benchmark_dir)
-    if path.is_file():
-        return path
-    if (path / QUESTION_FILE).is_file():
-        return path / QUESTION_FILE
-    raise FileNotFoundError(
-        f"no {QUESTION_FILE} in {path} (HallusionBench's question file, from its release)"
+    return official_file(
+        benchmark_dir,
+        (QUESTION_FILE,),
+        QUESTION_FILE,
+        " (HallusionBench's question file, from its release)",
     )
-
-
-def read_entries(path) -> list[dict]:
-    """Entries of a JSON list file (a JSON object is one entry; JSONL is read line by line)."""
-    text = pathlib.Path(path).read_text(encoding="utf-8")
-    try:
-        entries = json.loads(text)
-    except json.JSONDecodeError:
-        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if isinstance(entries, dict):
-        entries = [entries]
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ValueError(f"{path} is not a list of question objects")
-    return entries
 
 
 def question_name(entry: dict) -> str:
@@ -165,24 +147,14 @@ def answer_row(question: Question, answer: str) -> dict:
     return row
 
 
-def write_answers(rows, path) -> None:
-    """The answers file the released evaluation reads: a JSON list of entries."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        json.dump(list(rows), f, ensure_ascii=False)
+#: The answers file the released evaluation reads: a JSON list of entries.
+write_answers = write_json_list
 
 
 def read_answers(answers) -> list[dict]:
-    """Answer entries from ``answers``: entries already, or a file of them."""
-    if isinstance(answers, (str, os.PathLike)):
-        rows = read_entries(answers)
-    else:
-        rows = [dict(row) for row in answers]
-    for row in rows:
-        if PREDICTION not in row:
-            raise ValueError(f"answer {question_name(row)} has no {PREDICTION!r}")
-    return rows
+    """Answer entries from ``answers``: entries already (copied), or a file of them."""
+    rows = [dict(row) for row in read_entries(answers)]
+    return check_keys(rows, (PREDICTION,), name=question_name)
 
 
 def correctness_prompt(row: dict) -> str:
@@ -239,12 +211,13 @@ def metrics(rows: list[dict], verdicts: list[str]) -> dict[str, float]:
     flags = [is_correct(row, v) for row, v in zip(rows, verdicts, strict=True)]
     if not flags:
         raise ValueError("no VD or VS answers to score")
-    questions: dict[str, list[int]] = {}
-    figures: dict[str, list[int]] = {}
-    for row, flag in zip(rows, flags, strict=True):
-        questions.setdefault(question_group(row), []).append(flag)
-        if not (row["category"] == "VS" and str(row["figure_id"]) == "0"):
-            figures.setdefault(figure_group(row), []).append(flag)
+    questions = group_by(map(question_group, rows), flags)
+    kept = [
+        (row, flag)
+        for row, flag in zip(rows, flags, strict=True)
+        if not (row["category"] == "VS" and str(row["figure_id"]) == "0")
+    ]
+    figures = group_by((figure_group(row) for row, _ in kept), (flag for _, flag in kept))
     return {
         "hallusion_qacc": _all_correct_share(questions),
         "hallusion_facc": _all_correct_share(figures),

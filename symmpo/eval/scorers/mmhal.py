@@ -40,10 +40,18 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import pathlib
 
-from . import Question
+from . import (
+    Question,
+    category_key,
+    check_keys,
+    group_means,
+    official_file,
+    read_entries,
+    read_jsonl,
+    write_json_list,
+)
 
 TEMPLATE_NAMES = ("response_template.json", "mmhal-bench_answer_template.json")
 QUESTION_FILE = "mmhal-bench_with_image.jsonl"
@@ -176,15 +184,11 @@ PROMPT = (
 
 def template_path(benchmark_dir) -> pathlib.Path:
     """The official answer template in ``benchmark_dir`` (or ``benchmark_dir`` itself, a file)."""
-    path = pathlib.Path(benchmark_dir)
-    if path.is_file():
-        return path
-    for name in TEMPLATE_NAMES:
-        if (path / name).is_file():
-            return path / name
-    raise FileNotFoundError(
-        f"no MMHal-Bench template in {path}: expected one of {', '.join(TEMPLATE_NAMES)} "
-        "(from MMHal-Bench's release)"
+    return official_file(
+        benchmark_dir,
+        TEMPLATE_NAMES,
+        "MMHal-Bench template",
+        f": expected one of {', '.join(TEMPLATE_NAMES)} (from MMHal-Bench's release)",
     )
 
 
@@ -233,7 +237,7 @@ def _question_file(folder: pathlib.Path, count: int, entry: dict) -> list[dict]:
             f"no image for MMHal-Bench question {entry.get('question')!r}: neither "
             f"{folder / 'images'} holds it nor is there a {path}"
         )
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    rows = read_jsonl(path)
     if len(rows) != count:
         raise ValueError(f"{path} has {len(rows)} questions, the template {count}")
     return rows
@@ -262,27 +266,14 @@ def answer_row(question: Question, answer: str) -> dict:
 
 def write_answers(rows, path) -> None:
     """The answers file the released judge script reads: a JSON list, indent 4, UTF-8 as is."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        json.dump(list(rows), f, indent=4, ensure_ascii=False)
+    write_json_list(rows, path, indent=4)
 
 
 def read_answers(answers, benchmark_dir) -> list[dict]:
     """Template rows with ``model_answer``, from ``answers``: rows already, a JSON file of them,
     or a JSONL file whose lines carry either ``model_answer`` or the released generator's
     ``text`` (filled into the template by position, as the released filler does)."""
-    if isinstance(answers, (str, os.PathLike)):
-        path = pathlib.Path(answers)
-        text = path.read_text(encoding="utf-8")
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        if isinstance(rows, dict):
-            rows = [rows]
-    else:
-        rows = list(answers)
+    rows = read_entries(answers)
     if rows and all("model_answer" not in r and "text" in r for r in rows):
         entries = read_template(benchmark_dir)
         if len(rows) != len(entries):
@@ -291,10 +282,7 @@ def read_answers(answers, benchmark_dir) -> list[dict]:
             {**e, "model_answer": clean_answer(r["text"])}
             for e, r in zip(entries, rows, strict=True)
         ]
-    missing = [i for i, r in enumerate(rows) if "model_answer" not in r]
-    if missing:
-        raise ValueError(f"answer {missing[0]} has no 'model_answer' (nor a generator 'text')")
-    return rows
+    return check_keys(rows, ("model_answer",), note=" (nor a generator 'text')")
 
 
 def _check_against_template(rows: list[dict], benchmark_dir) -> None:
@@ -349,16 +337,9 @@ def metrics(ratings: list[int], question_types: list[str] | None = None) -> dict
         "mmhal_informativeness": sum(s - 3 if s >= 3 else s for s in ratings) / n / 3 * 100,
     }
     if question_types is not None:
-        groups: dict[str, list[int]] = {}
-        for kind, rating in zip(question_types, ratings, strict=True):
-            groups.setdefault(kind, []).append(rating)
-        for kind, group in groups.items():
-            out[f"mmhal_score_{_key(kind)}"] = sum(group) / len(group)
+        for kind, mean in group_means(question_types, ratings).items():
+            out[f"mmhal_score_{category_key(kind)}"] = mean
     return out
-
-
-def _key(kind) -> str:
-    return "_".join(str(kind).strip().lower().split()) or "unknown"
 
 
 def score(answers, benchmark_dir, judge=None) -> dict[str, float]:

@@ -34,11 +34,17 @@ any other).
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 
-from . import Question
+from . import (
+    Question,
+    category_key,
+    check_keys,
+    first_file,
+    group_means,
+    read_entries,
+    write_json_list,
+)
 
 QUESTION_FILE = "mmstar.parquet"
 PROMPT_SUFFIX = "\nAnswer the question directly."
@@ -81,9 +87,8 @@ def question_files(benchmark_dir) -> list[pathlib.Path]:
     path = pathlib.Path(benchmark_dir)
     if path.is_file():
         return [path]
-    if (path / QUESTION_FILE).is_file():
-        return [path / QUESTION_FILE]
-    found = sorted(path.rglob("*.parquet"))
+    official = first_file(path, (QUESTION_FILE,))
+    found = [official] if official else sorted(path.rglob("*.parquet"))
     if not found:
         raise FileNotFoundError(f"no {QUESTION_FILE} in {path} (MMStar's Hugging Face release)")
     return found
@@ -139,33 +144,13 @@ def answer_row(question: Question, answer: str) -> dict:
     return row
 
 
-def write_answers(rows, path) -> None:
-    """The answers file the released scripts read: a JSON list of entries."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        json.dump(list(rows), f, ensure_ascii=False)
+#: The answers file the released scripts read: a JSON list of entries.
+write_answers = write_json_list
 
 
 def read_answers(answers) -> list[dict]:
     """Answer entries from ``answers``: entries already, or a JSON (or JSONL) file of them."""
-    if isinstance(answers, (str, os.PathLike)):
-        text = pathlib.Path(answers).read_text(encoding="utf-8")
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        if isinstance(rows, dict):
-            rows = [rows]
-    else:
-        rows = list(answers)
-    for i, row in enumerate(rows):
-        missing = [
-            key for key in ("prediction", "answer", "category", "l2_category") if key not in row
-        ]
-        if missing:
-            raise ValueError(f"answer {i} has no {missing[0]!r}")
-    return rows
+    return check_keys(read_entries(answers), ("prediction", "answer", "category", "l2_category"))
 
 
 def released_letter(text: str) -> str:
@@ -197,17 +182,12 @@ def is_correct(row: dict) -> bool:
     return released_match(released_letter(str(row["prediction"])), row["answer"])
 
 
-def _key(category: str) -> str:
-    return "mmstar_" + "_".join(category.strip().lower().split())
-
-
 def score(answers, benchmark_dir=None, judge=None) -> dict[str, float]:
     """``mmstar_overall`` and ``mmstar_<category>`` (fractions) of an answers file (or its
     entries). Rule-based: ``judge`` and ``benchmark_dir`` are not used."""
     rows = read_answers(answers)
     if not rows:
         raise ValueError("no answers to score")
-    totals: dict[str, list[int]] = {}
     for row in rows:
         category, l2 = str(row["category"]), str(row["l2_category"])
         if l2 not in CATEGORIES.get(category, ()):
@@ -215,10 +195,10 @@ def score(answers, benchmark_dir=None, judge=None) -> dict[str, float]:
                 f"answer {row.get('index')!r}: ({category!r}, {l2!r}) is not an official MMStar "
                 "category and l2_category"
             )
-        totals.setdefault(category, []).append(int(is_correct(row)))
-    flags = [flag for group in totals.values() for flag in group]
+    flags = [int(is_correct(row)) for row in rows]
+    means = group_means((str(row["category"]) for row in rows), flags)
     out = {"mmstar_overall": sum(flags) / len(flags)}
     for category in CATEGORIES:
-        if category in totals:
-            out[_key(category)] = sum(totals[category]) / len(totals[category])
+        if category in means:
+            out[f"mmstar_{category_key(category)}"] = means[category]
     return out

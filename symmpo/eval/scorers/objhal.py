@@ -53,7 +53,7 @@ import base64
 import json
 import pathlib
 
-from . import Question
+from . import Question, read_jsonl
 from .objhal_words import Matcher, Vocabulary
 
 QUESTION_FILE = "obj_halbench_300_with_image.jsonl"
@@ -100,7 +100,7 @@ def load_questions(benchmark_dir) -> list[Question]:
     """The 300 questions; a question's id is its line (the released answers' ``question_id``)
     and its image the decoded JPEG bytes (or a path, for a line with ``image_path``)."""
     questions = []
-    for index, row in enumerate(_read_jsonl(pathlib.Path(benchmark_dir) / QUESTION_FILE)):
+    for index, row in enumerate(read_jsonl(pathlib.Path(benchmark_dir) / QUESTION_FILE)):
         if "image" in row:
             image = base64.b64decode(row["image"])
         elif "image_path" in row:
@@ -136,7 +136,7 @@ def read_answers(answers, benchmark_dir=None) -> list[dict]:
     "Assistant:" removed and stripped; a row without ``image_id`` takes that of the question on
     the same line of the question file."""
     if isinstance(answers, (str, pathlib.PurePath)):
-        answers = _read_jsonl(pathlib.Path(answers))
+        answers = read_jsonl(pathlib.Path(answers))
     rows, questions = list(answers), None
     caps = []
     for index, row in enumerate(rows):
@@ -146,7 +146,7 @@ def read_answers(answers, benchmark_dir=None) -> list[dict]:
             if questions is None:
                 if benchmark_dir is None:
                     raise ValueError("answers without image_id need the question file")
-                questions = _read_jsonl(pathlib.Path(benchmark_dir) / QUESTION_FILE)
+                questions = read_jsonl(pathlib.Path(benchmark_dir) / QUESTION_FILE)
             image_id = int(questions[index]["image_id"])
         question = row["prompt"] if "prompt" in row else row.get("question")
         if question is None:
@@ -157,11 +157,6 @@ def read_answers(answers, benchmark_dir=None) -> list[dict]:
         caption = text.replace("Assistant:", "").strip()
         caps.append({"image_id": image_id, "question": question, "caption": caption})
     return caps
-
-
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # -- ground truth --------------------------------------------------------------------------------

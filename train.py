@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
         log(f"skipped {len(data.skipped)} bad record(s), first: {data.skipped[0]}")
     if args.sft_steps:  # LLaVA's recipe in miniature: captions first, vision tower frozen
         model, sft = supervised_model(
-            args, model, collator, data.train, out_dir, model_identity, log
+            args, model, collator, data.train, args.sft_cache_dir or out_dir, model_identity, log
         )
         model_identity = {**model_identity, "supervised": sft["key"]}  # the reference starts here
     global_batch = check_batch_fits(args, data, world)

@@ -47,6 +47,7 @@ def old_metrics(loss, policy, reference, args):
         "logp_accuracy": float((s[0] > s[1]).float().mean()),
         "reward_accuracy": float((r[0] > r[1]).float().mean()),
         "reward_margin": float((r[0] - r[1]).mean()),
+        "logp_chosen": float(s[0].mean()),
     }
     if loss == "symmpo":
         out.update(

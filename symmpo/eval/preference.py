@@ -10,7 +10,9 @@ sequence kind, loser sequence kind; kinds as in ``Objective.sequences``):
 - the mean reward margin beta_w r_w - beta_l r_l, r = log p_policy - log p_reference and beta
   the objective's per-sequence scale (``Objective.reward_scales``: beta_contrast on m' for
   SymMPO when set), named by ``REWARD_METRICS``;
-- for the pair (y_w, y_l) on m, also the reward accuracy: the fraction with beta (r_w - r_l) > 0.
+- for the pair (y_w, y_l) on m, also the reward accuracy: the fraction with beta (r_w - r_l) > 0;
+- ``logp_chosen``: the mean log p(y_w|m) (per token under average_log_prob), whose collapse is
+  DPO's known failure.
 
 On records of the embedded synthetic set, ``evaluate_run`` adds the hallucination rate of
 greedy answers (``symmpo.eval.hallucination.scene_hallucinations``).
@@ -56,6 +58,7 @@ def preference_metrics(model, records, collator, reference_logps, args, autocast
         for name in (accuracy, reward_accuracy, margin):
             if name is not None:
                 sums[name] = 0.0
+    sums["logp_chosen"] = 0.0  # mean log p(y_w|m): DPO's known failure drives it down
     logits_path = getattr(args, "logits_path", False)
     count = 0
     for start in range(0, len(records), args.eval_batch_size):
@@ -72,6 +75,7 @@ def preference_metrics(model, records, collator, reference_logps, args, autocast
             sums[margin] += float((r[winner] - r[loser]).sum())
             if reward_accuracy is not None:
                 sums[reward_accuracy] += float((r[winner] > r[loser]).sum())
+        sums["logp_chosen"] += float(s[0].sum())
         count += len(chunk)
     return {k: v / max(count, 1) for k, v in sums.items()}
 

@@ -232,7 +232,7 @@ def rebuild_run(checkpoint) -> RebuiltRun:
     second model otherwise), scored online."""
     state = read_trainer_state(checkpoint)  # verified against its manifest first
     defaults = {"shared_attention": "auto", "template": "llava_v1", "image_aspect_ratio": "crop"}
-    defaults.update(sft_steps=0, sft_lr=1e-3)
+    defaults.update(sft_steps=0, sft_lr=1e-3, sft_cache_dir=None)
     run = SimpleNamespace(**{**defaults, **state["args"]})
     run.gradient_checkpointing = run.liger = False  # evaluation needs neither
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -242,7 +242,7 @@ def rebuild_run(checkpoint) -> RebuiltRun:
     collator = build_collator(run, model, tokenizer, processor)
     data = build_data(run, collator, check_train=run.sft_steps > 0)
     if run.sft_steps:  # the run's supervised model, from its cache: the reference starts there
-        folder = pathlib.Path(checkpoint).parent
+        folder = run.sft_cache_dir or pathlib.Path(checkpoint).parent
         say = functools.partial(print, file=sys.stderr)  # stdout carries evaluate's JSON
         model, _ = supervised_model(run, model, collator, data.train, folder, identity, say)
     scorer = Scorer(forward, run.average_log_prob, False, device, bf16)

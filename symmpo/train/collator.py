@@ -148,13 +148,9 @@ class PreferenceCollator:
             ]
         return images + [r.load_image("contrast_image") for r in records]
 
-    def __call__(self, records: list[PreferenceRecord]) -> dict:
-        batch = len(records)
-        encoded, image_index = [], []
-        for response, slot in self.sequences:  # kind-major: all examples of kind 0 first
-            for i, record in enumerate(records):
-                encoded.append(self.encode(record, response))
-                image_index.append(slot * batch + i)
+    def pad_right(self, encoded: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``encoded``: (ids, labels) pairs -> (input_ids, labels, attention_mask), each (N, T)
+        long, right-padded to the longest (pad id, -100, 0)."""
         length = max(len(ids) for ids, _ in encoded)
         input_ids = torch.full((len(encoded), length), self.pad_id, dtype=torch.long)
         labels = torch.full((len(encoded), length), -100, dtype=torch.long)
@@ -163,6 +159,16 @@ class PreferenceCollator:
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(labs)] = torch.tensor(labs)
             attention_mask[row, : len(ids)] = 1
+        return input_ids, labels, attention_mask
+
+    def __call__(self, records: list[PreferenceRecord]) -> dict:
+        batch = len(records)
+        encoded, image_index = [], []
+        for response, slot in self.sequences:  # kind-major: all examples of kind 0 first
+            for i, record in enumerate(records):
+                encoded.append(self.encode(record, response))
+                image_index.append(slot * batch + i)
+        input_ids, labels, attention_mask = self.pad_right(encoded)
         pixel_values = self.pixel_values(self.images(records))
         return {
             "input_ids": input_ids,

@@ -157,6 +157,12 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         "0 (skip) for a checkpoint",
     )
     sft.add_argument("--sft_lr", type=POSITIVE, default=1e-3, help="the supervised stage's lr")
+    sft.add_argument(
+        "--sft_cache_dir",
+        default=None,
+        help="where the supervised model is cached (runs sharing it start from the same "
+        "model, e.g. --loss dpo/mdpo/symmpo); default: --output_dir",
+    )
     loss = p.add_argument_group("loss (docs/math.md)")
     loss.add_argument(
         "--loss",

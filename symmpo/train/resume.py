@@ -36,7 +36,7 @@ CHANGEABLE = frozenset(
     }
 )
 #: Flags that name the run or the command itself, never compared.
-NOT_COMPARED = frozenset({"output_dir", "resume", "ref_cache_dir", "config"})
+NOT_COMPARED = frozenset({"output_dir", "resume", "ref_cache_dir", "sft_cache_dir", "config"})
 
 
 def continue_run(args: argparse.Namespace, given: set[str], saved: dict, log=print):

@@ -50,14 +50,7 @@ def caption_batch(collator, items) -> dict:
     ``"contrast_image"``; each sequence is the collator's (labels -100 on the prompt), right
     padded, with its own image."""
     encoded = [collator.encode(record, response) for record, response, _ in items]
-    length = max(len(ids) for ids, _ in encoded)
-    input_ids = torch.full((len(items), length), collator.pad_id, dtype=torch.long)
-    labels = torch.full((len(items), length), -100, dtype=torch.long)
-    attention_mask = torch.zeros((len(items), length), dtype=torch.long)
-    for row, (ids, labs) in enumerate(encoded):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(labs)] = torch.tensor(labs)
-        attention_mask[row, : len(ids)] = 1
+    input_ids, labels, attention_mask = collator.pad_right(encoded)
     images = [record.load_image(image) for record, _, image in items]
     return {
         "input_ids": input_ids,

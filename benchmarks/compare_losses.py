@@ -6,19 +6,29 @@ variants of a seed start from the same model. Each run's ``eval.jsonl`` gives th
 model's evaluation (``stage`` "sft", step 0) and the last one after preference training. The
 script writes, under ``--results``:
 
-- ``compare_losses.csv``: one row per (variant, seed) and one per seed's supervised model;
-- ``compare_losses.md``: the table of means and sample standard deviations over seeds;
-- ``compare_losses.png``: the same as bars with the spread as error bars.
+- ``<name>.csv``: one row per (variant, seed) and one per seed's supervised model;
+- ``<name>.md``: the table of means and sample standard deviations over seeds;
+- ``<name>.png``: the same as bars with the spread as error bars.
 
-Metrics (held-out, ``symmpo.eval.preference.evaluate_run``): ``hallucination_rate`` (greedy
-answers naming an object absent from the image), ``exact_rate`` (greedy answers exactly right),
-``logp_accuracy`` (log p(y_w|m) > log p(y_l|m)), ``swap_accuracy`` (log p(y_w|m) >
-log p(y_w|m')), ``logp_chosen`` (mean log p(y_w|m)).
+(``--name``, default ``compare_losses``.)
+
+Metrics (held-out, ``symmpo.eval.preference.evaluate_run``):
+
+- ``described_rate``: greedy answers that parse as a description (a collapsed model's do not,
+  and then name nothing absent either);
+- ``hallucination_rate``: greedy answers naming an object absent from the image, and
+  ``hallucination_change``: a run's rate minus its seed's supervised model's (the paired change);
+  ``prior_hallucination_rate``: those naming a present object's missing partner (the prior's
+  hallucination, which the rejected answers make; the rest misperceive a colour or shape);
+- ``exact_rate``: greedy answers exactly right;
+- ``logp_accuracy``: log p(y_w|m) > log p(y_l|m); ``swap_accuracy``: log p(y_w|m) >
+  log p(y_w|m'); ``logp_chosen``: the mean log p(y_w|m).
 
 Run from the repository root (about 25 minutes on 2 CPU cores with the defaults)::
 
     python benchmarks/compare_losses.py
-    python benchmarks/compare_losses.py --variant "symmpo, no margin=--margin_weight 0"
+    python benchmarks/compare_losses.py --name ablation --variant "symmpo=" \
+        --variant "no pair=--pair_weight 0" --variant "no anchor=--anchor_weight 0"
 
 ``--variant "NAME=FLAGS"`` adds a run per seed with ``train.py``'s FLAGS (the loss is symmpo
 unless FLAGS say otherwise); ``--train_flags`` go to every run.
@@ -42,7 +52,10 @@ SUPERVISED = "supervised"
 DEFAULT_VARIANTS = {"dpo": "--loss dpo", "mdpo": "--loss mdpo", "symmpo": "--loss symmpo"}
 #: (key in eval.jsonl, column label, decimals)
 METRICS = (
+    ("described_rate", "answers that describe", 3),
     ("hallucination_rate", "hallucination rate", 3),
+    ("hallucination_change", "change vs supervised", 3),
+    ("prior_hallucination_rate", "naming a missing partner", 3),
     ("exact_rate", "exact answers", 3),
     ("logp_accuracy", "preference acc.", 3),
     ("swap_accuracy", "image-swap acc.", 3),
@@ -75,6 +88,7 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one CPU thread each")
     p.add_argument("--work_dir", default="out/compare_losses", help="the runs' output folders")
     p.add_argument("--results", default="benchmarks/results", help="where the table goes")
+    p.add_argument("--name", default="compare_losses", help="the result files' name")
     return p.parse_args(argv)
 
 
@@ -183,19 +197,23 @@ def main(argv=None) -> list[dict]:
         if name == next(iter(variants)):
             rows.append({"variant": SUPERVISED, "seed": seed, **supervised})
         rows.append({"variant": name, "seed": seed, **after})
+    supervised = {r["seed"]: r["hallucination_rate"] for r in rows if r["variant"] == SUPERVISED}
+    for row in rows:
+        if row["variant"] != SUPERVISED:
+            row["hallucination_change"] = row["hallucination_rate"] - supervised[row["seed"]]
     table = summarize(rows, [SUPERVISED, *variants])
     results = pathlib.Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     columns = ["variant", "seed", "step", *(key for key, _, _ in METRICS)]
-    with open(results / "compare_losses.csv", "w", newline="", encoding="utf-8") as f:
+    with open(results / f"{args.name}.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     text = markdown(table)
-    (results / "compare_losses.md").write_text(text, encoding="utf-8")
-    plot(table, results / "compare_losses.png")
+    (results / f"{args.name}.md").write_text(text, encoding="utf-8")
+    plot(table, results / f"{args.name}.png")
     print(text, end="")
-    print(f"written: {results / 'compare_losses.csv'}, .md, .png")
+    print(f"written: {results / args.name}.csv, .md, .png")
     return table
 
 

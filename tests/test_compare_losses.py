@@ -49,6 +49,13 @@ def test_variants_share_the_supervised_model_and_the_table_summarises_the_runs(t
         values = [last_and_first(work / f"{folder}-seed{s}")[index]["logp_chosen"] for s in (0, 1)]
         assert by_name[name]["logp_chosen"] == pytest.approx(np.mean(values))
         assert by_name[name]["logp_chosen_sd"] == pytest.approx(np.std(values, ddof=1))
+    changes = [
+        last_and_first(work / f"dpo-seed{s}")[1]["hallucination_rate"]
+        - last_and_first(work / f"dpo-seed{s}")[0]["hallucination_rate"]
+        for s in (0, 1)
+    ]
+    assert by_name["dpo"]["hallucination_change"] == pytest.approx(np.mean(changes))
+    assert by_name["supervised"]["hallucination_change"] is None
     with open(results / "compare_losses.csv", encoding="utf-8") as f:
         assert len(list(csv.DictReader(f))) == 6  # 2 supervised + 2 x 2 runs
     assert "| symmpo, no margin | 2 |" in (results / "compare_losses.md").read_text()

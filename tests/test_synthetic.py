@@ -24,6 +24,7 @@ from symmpo.train.synthetic import (
     make_synthetic_records,
     missing_partners,
     parse_description,
+    prior_hallucination_rate,
     scene_key,
     synthetic_splits,
 )
@@ -258,6 +259,20 @@ def test_metrics_on_hand_made_answers():
     assert hallucination_rate(answers, [scene] * 5) == pytest.approx(1 / 5)
     assert exact_rate(answers, [scene] * 5) == pytest.approx(1 / 5)
     assert exact_rate([" " + right + " "], [scene]) == 1.0
+
+
+def test_prior_hallucinations_are_the_missing_partners_named():
+    """The red circle's partner is the blue square (PARTNERS): naming it where it is absent is
+    the prior's hallucination; naming another absent object is a misperception."""
+    assert PARTNERS[("red", "circle")] == ("blue", "square")
+    alone = [make_group("circle", "red", 2, "left")]
+    partner = "There are two red circles on the left and one blue square at the top."
+    other = "There are two red circles on the left and one green square at the top."
+    answers = [partner, other, "There are two red circles on the left."]
+    assert prior_hallucination_rate(answers, [alone] * 3) == pytest.approx(1 / 3)
+    assert hallucination_rate(answers, [alone] * 3) == pytest.approx(2 / 3)
+    both = [*alone, make_group("square", "blue", 1, "top")]  # the partner is there: no error
+    assert prior_hallucination_rate([partner], [both]) == 0.0
     assert hallucination_rate([], []) == 0.0 and exact_rate([], []) == 0.0
 
 

@@ -24,7 +24,7 @@ import torch
 
 from ..train.forwards import score_batch
 from ..train.sft import swap_accuracy
-from ..train.synthetic import exact_rate, hallucination_rate
+from ..train.synthetic import exact_rate, hallucination_rate, prior_hallucination_rate
 from .generation import generate_answers
 from .hallucination import parse_groups
 
@@ -83,7 +83,8 @@ def preference_metrics(model, records, collator, reference_logps, args, autocast
 def evaluate_run(model, records, collator, reference_logps, args, device, use_bf16, forward):
     """Preference metrics on ``records``, plus, for records of the embedded set, greedy answers
     to the first ``args.eval_generate`` questions: ``hallucination_rate`` (the fraction of
-    answers naming a (colour, shape) absent from the scene), ``exact_rate`` (answers equal to
+    answers naming a (colour, shape) absent from the scene; ``prior_hallucination_rate``: those
+    naming a present object's missing partner), ``exact_rate`` (answers equal to
     the correct description), ``described_rate`` (the fraction naming any group at all) and
     the first question and answer; and ``swap_accuracy`` (log p(y_w|m) > log p(y_w|m')).
 
@@ -104,6 +105,7 @@ def evaluate_run(model, records, collator, reference_logps, args, device, use_bf
         truths = [r.extra["scene_1"] for r in scenes]
         described = [bool(parse_groups(a)) for a in answers]
         result["hallucination_rate"] = hallucination_rate(answers, truths)
+        result["prior_hallucination_rate"] = prior_hallucination_rate(answers, truths)
         result["exact_rate"] = exact_rate(answers, truths)
         result["described_rate"] = sum(described) / len(described)
         result["example_question"] = scenes[0].question

@@ -352,7 +352,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     log.add_argument(
         "--eval_generate",
         type=COUNT,
-        default=16,
+        default=64,
         help="embedded set: held-out questions answered greedily for the hallucination rate",
     )
     return p

@@ -65,6 +65,7 @@ __all__ = [
     "describe_scene",
     "exact_rate",
     "hallucinated_scene",
+    "prior_hallucination_rate",
     "hallucination_rate",
     "make_group",
     "make_record",
@@ -180,6 +181,21 @@ def names_absent_object(answer: str, scene: Iterable[dict]) -> bool:
 def hallucination_rate(answers: Iterable[str], scenes: Iterable[Iterable[dict]]) -> float:
     """The fraction of answers naming an object (colour, shape) absent from their scene."""
     flags = [names_absent_object(a, s) for a, s in zip(answers, scenes, strict=True)]
+    return sum(flags) / max(len(flags), 1)
+
+
+def names_missing_partner(answer: str, scene: Iterable[dict]) -> bool:
+    """Whether the answer names the absent partner of an object the scene holds: the language
+    prior's hallucination, the one the synthetic set's rejected answers make."""
+    present = scene_objects(scene)
+    partners = {PARTNERS[o] for o in present if o in PARTNERS} - present
+    return any((g["colour"], g["shape"]) in partners for g in parse_description(answer))
+
+
+def prior_hallucination_rate(answers: Iterable[str], scenes: Iterable[Iterable[dict]]) -> float:
+    """The fraction of answers naming a missing partner (``names_missing_partner``); the rest
+    of ``hallucination_rate`` is misperception (a wrong colour or shape)."""
+    flags = [names_missing_partner(a, s) for a, s in zip(answers, scenes, strict=True)]
     return sum(flags) / max(len(flags), 1)
 
 

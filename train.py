@@ -51,7 +51,7 @@ from symmpo.train.references import FrozenCopyReference, Scorer, autocast, choos
 from symmpo.train.resume import continue_run, saved_run_args, write_run_args
 from symmpo.train.run_lock import RunLock
 from symmpo.train.run_log import append_jsonl, keep_rows, mean_over_processes, peak_memory_mb
-from symmpo.train.sft import supervised_model
+from symmpo.train.sft import supervised_model, supervised_rows
 from symmpo.train.update_guard import UpdateGuard
 
 
@@ -92,11 +92,13 @@ def main(argv=None) -> dict:
     data = build_data(args, collator)
     if data.skipped:
         log(f"skipped {len(data.skipped)} bad record(s), first: {data.skipped[0]}")
+    sft_rows = []
     if args.sft_steps:  # LLaVA's recipe in miniature: captions first, vision tower frozen
         model, sft = supervised_model(
             args, model, collator, data.train, args.sft_cache_dir or out_dir, model_identity, log
         )
         model_identity = {**model_identity, "supervised": sft["key"]}  # the reference starts here
+        sft_rows = supervised_rows(sft["losses"], args.logging_steps)  # metrics.jsonl, step 0
     global_batch = check_batch_fits(args, data, world)
     args.max_steps = args.max_steps or len(data.train) // global_batch  # one epoch
     if is_main:
@@ -128,9 +130,11 @@ def main(argv=None) -> dict:
         log(f"resumed from {checkpoint} at step {start_step}")
     elif args.resume:
         log(f"--resume: no checkpoint in {out_dir} yet, starting from step 0")
-    if args.resume and is_main:  # the steps after the checkpoint are logged again below
-        keep_rows(out_dir / "metrics.jsonl", lambda row: row["step"] <= start_step, log)
-        keep_rows(out_dir / "eval.jsonl", lambda row: row["step"] <= start_step, log)
+    if args.resume and is_main:  # the steps after the checkpoint (all at step 0) logged again
+        for name in ("metrics.jsonl", "eval.jsonl"):
+            keep_rows(out_dir / name, lambda r: start_step > 0 and r["step"] <= start_step, log)
+    for row in sft_rows if is_main and start_step == 0 else []:
+        append_jsonl(out_dir / "metrics.jsonl", row)
 
     def run_eval(step: int, record: bool = True) -> dict | None:
         if not data.heldout:
@@ -195,7 +199,7 @@ def main(argv=None) -> dict:
             elapsed = time.perf_counter() - window_start
             row.update(tokens_per_s=tokens * world / elapsed, peak_mem_mb=peak_memory_mb(device))
             if is_main:
-                append_jsonl(out_dir / "metrics.jsonl", row)
+                append_jsonl(out_dir / "metrics.jsonl", {"stage": "preference", **row})
                 accelerator.log({f"train/{k}": v for k, v in row.items()}, step=step + 1)
             tokens, window_start = 0, time.perf_counter()
         if args.eval_steps and (step + 1) % args.eval_steps == 0 and step + 1 < args.max_steps:

@@ -24,7 +24,7 @@ Metrics (held-out, ``symmpo.eval.preference.evaluate_run``):
 - ``logp_accuracy``: log p(y_w|m) > log p(y_l|m); ``swap_accuracy``: log p(y_w|m) >
   log p(y_w|m'); ``logp_chosen``: the mean log p(y_w|m).
 
-Run from the repository root (about 25 minutes on 2 CPU cores with the defaults)::
+Run from the repository root (about 15 minutes on 2 CPU cores with the defaults)::
 
     python benchmarks/compare_losses.py
     python benchmarks/compare_losses.py --name ablation --variant "symmpo=" \
@@ -59,7 +59,7 @@ METRICS = (
     ("exact_rate", "exact answers", 3),
     ("logp_accuracy", "preference acc.", 3),
     ("swap_accuracy", "image-swap acc.", 3),
-    ("logp_chosen", "log p(y_w|m)", 1),
+    ("logp_chosen", "log p(y_w) on m", 1),
 )
 
 
@@ -154,13 +154,18 @@ def plot(table: list[dict], path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.4))
+    columns = 4
+    rows = -(-len(METRICS) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
     names = [e["variant"] for e in table]
-    for ax, (key, label, _) in zip(axes, METRICS, strict=True):
+    colours = [plt.cm.tab10(i % 10) for i in range(len(names))]
+    for ax, (key, label, _) in zip(axes.flat, METRICS, strict=False):
         means = [e[key] if e[key] is not None else float("nan") for e in table]
-        ax.bar(names, means, yerr=[e[f"{key}_sd"] for e in table], capsize=4, color="#4c72b0")
+        ax.bar(names, means, yerr=[e[f"{key}_sd"] for e in table], capsize=4, color=colours)
         ax.set_title(label, fontsize=10)
-        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    for ax in list(axes.flat)[len(METRICS) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -2,6 +2,7 @@
 answer tokens, and its weights are cached under a fingerprint of what they depend on."""
 
 import copy
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -109,5 +110,31 @@ def test_cache_file_loads_with_weights_only(
     _, info = supervised_model(
         _args(steps=steps), tiny[1], make_collator(tiny=tiny), make_records(2), tmp_path
     )
-    state = torch.load(info["path"], weights_only=True)
-    assert set(state) == set(tiny[1].state_dict())
+    saved = torch.load(info["path"], weights_only=True)
+    assert set(saved["weights"]) == set(tiny[1].state_dict())
+    assert saved["losses"] == info["losses"] and len(saved["losses"]) == steps
+
+
+def test_the_stage_logs_its_caption_losses_in_metrics_jsonl_even_from_the_cache(tmp_path):
+    """Both runs sharing one --sft_cache_dir log the same supervised rows (the second loaded the
+    model and its losses from the cache), before the preference stage's rows."""
+    from train_script import load_train_script
+
+    flags = "--n_train 16 --heldout 4 --batch_size 4 --max_steps 2 --eval_generate 0".split()
+    flags += ["--sft_steps", "5", "--logging_steps", "2", "--sft_cache_dir", str(tmp_path / "c")]
+    logged = []
+    for name in ("first", "second"):
+        load_train_script(supervised_stage=True).main(
+            [*flags, "--output_dir", str(tmp_path / name)]
+        )
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        logged.append([json.loads(line) for line in lines])
+    first, second = logged
+    (cache,) = (tmp_path / "c").glob("sft-*.pt")
+    losses = torch.load(cache, weights_only=True)["losses"]
+    sft_rows = [r for r in first if r.get("stage") == "sft"]
+    assert [(r["step"], r["sft_step"]) for r in sft_rows] == [(0, 2), (0, 4), (0, 5)]
+    assert [r["caption_loss"] for r in sft_rows] == [losses[1], losses[3], losses[4]]
+    assert first[: len(sft_rows)] == sft_rows  # then the preference stage's rows
+    assert [r["stage"] for r in first[len(sft_rows) :]] == ["preference"]
+    assert [r for r in second if r.get("stage") == "sft"] == sft_rows

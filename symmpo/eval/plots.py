@@ -20,6 +20,7 @@ def plot_curves(output_dir) -> pathlib.Path | None:
     train = (
         read_jsonl(output_dir / "metrics.jsonl") if (output_dir / "metrics.jsonl").exists() else []
     )
+    train = [row for row in train if "loss" in row]  # the preference stage's (not "sft" rows)
     evals = read_jsonl(output_dir / "eval.jsonl") if (output_dir / "eval.jsonl").exists() else []
     if not train and not evals:
         return None

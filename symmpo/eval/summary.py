@@ -6,6 +6,7 @@ from __future__ import annotations
 #: (key, label) of the rows, in order; rows whose key neither evaluation holds are left out.
 ROWS = (
     ("hallucination_rate", "greedy answers naming an absent object"),
+    ("prior_hallucination_rate", "  of them naming a missing partner (the prior)"),
     ("exact_rate", "greedy answers exactly right"),
     ("logp_accuracy", "preference accuracy, log p(y_w|m) > log p(y_l|m)"),
     ("swap_accuracy", "image-swap accuracy, log p(y_w|m) > log p(y_w|m')"),

@@ -45,6 +45,7 @@ from trl import DPOConfig, DPOTrainer
 
 from symmpo import SymMPOConfig
 
+from ..train.build import loss_config
 from ..train.collator import PreferenceCollator
 from ..train.data import PreferenceRecord, check_records, records_fingerprint
 from ..train.forwards import score_batch
@@ -133,16 +134,8 @@ class SymMPOTrainerConfig(DPOConfig):
         self.loss_config()  # each option checked as the loss checks it
 
     def loss_config(self) -> SymMPOConfig:
-        """The loss's options, as train.py's ``build.loss_config`` makes them from its flags."""
-        return SymMPOConfig(
-            beta=self.beta,
-            beta_contrast=self.beta_contrast,
-            pair_weight=self.pair_weight,
-            margin_weight=self.margin_weight,
-            anchor_weight=self.anchor_weight,
-            delta=self.delta,
-            average_log_prob=self.average_log_prob,
-        )
+        """The loss's options, read from these fields as train.py reads its flags."""
+        return loss_config(self)
 
 
 class SymMPOTrainer(DPOTrainer):

@@ -75,6 +75,7 @@ def seed_everything(seed: int) -> None:
 
 
 def loss_config(args) -> SymMPOConfig:
+    """The loss's options from ``args`` (train.py's flags, or any object with the same fields)."""
     return SymMPOConfig(
         beta=args.beta,
         beta_contrast=args.beta_contrast,

@@ -184,7 +184,8 @@ def supervised_model(args, model, collator, records, out_dir, identity=None, log
     same fingerprint exists (``supervised_key``; ``identity``: the model's identity from
     ``build_model``). Returns (model, info) with info {"path", "key", "cached", "losses"}; the
     vision tower and projector are left frozen either way. ``sft_steps`` 0 skips the stage and
-    returns the model untouched."""
+    returns the model untouched. The cache holds the weights and the per-step caption losses
+    (``supervised_rows`` makes them ``metrics.jsonl`` rows)."""
     steps, lr, seed = args.sft_steps, args.sft_lr, args.seed
     if steps <= 0:
         return model, {"path": None, "key": None, "cached": False, "losses": []}
@@ -193,15 +194,28 @@ def supervised_model(args, model, collator, records, out_dir, identity=None, log
     path = supervised_path(out_dir, key)
     llava = unwrap(model)
     if path.exists():
-        llava.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        llava.load_state_dict(saved["weights"])
         log(f"supervised stage: loaded {path} (same settings as the run that trained it)")
         supervised_hf_folder(model, collator, out_dir, key)
-        return model, {"path": path, "key": key, "cached": True, "losses": []}
+        return model, {"path": path, "key": key, "cached": True, "losses": saved["losses"]}
     log(f"supervised stage: {steps} steps on {len(records)} records, lr {lr}")
     model, losses = train_supervised(model, collator, records, steps, lr, seed, log)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".pt.partial-{os.getpid()}")
-    torch.save({k: v.detach().cpu() for k, v in llava.state_dict().items()}, partial)
+    weights = {k: v.detach().cpu() for k, v in llava.state_dict().items()}
+    torch.save({"weights": weights, "losses": losses}, partial)
     partial.replace(path)  # a torn write never takes the final name
     log(f"supervised stage: saved {path} and {supervised_hf_folder(model, collator, out_dir, key)}")
     return model, {"path": path, "key": key, "cached": False, "losses": losses}
+
+
+def supervised_rows(losses: list[float], every: int) -> list[dict]:
+    """``metrics.jsonl`` rows of the supervised stage: ``{"stage": "sft", "step": 0, "sft_step":
+    k, "caption_loss": ...}`` every ``every`` steps and at the last (``step`` 0: the stage comes
+    before the preference stage's step 1, and a resumed run keeps the rows)."""
+    return [
+        {"stage": "sft", "step": 0, "sft_step": k, "caption_loss": loss}
+        for k, loss in enumerate(losses, 1)
+        if k % every == 0 or k == len(losses)
+    ]

@@ -26,6 +26,20 @@ from dataclasses import dataclass, field
 
 BENCHMARKS = ("amber", "objhal", "mmhal", "hallusion", "mmstar")
 
+#: WordNet's noun suffix substitutions, in its order (nltk's ``morphy``): the lemmatizers of the
+#: AMBER and Object HalBench scorers apply them as the official scripts' nltk does.
+WORDNET_NOUN_SUFFIXES = (
+    ("s", ""),
+    ("ses", "s"),
+    ("ves", "f"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+)
+
 
 @dataclass
 class Question:

@@ -27,6 +27,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import WORDNET_NOUN_SUFFIXES
+
 #: spaCy similarity a noun must exceed to count as a near synonym (the official default).
 SIMILARITY_THRESHOLD = 0.8
 
@@ -45,18 +47,6 @@ _VERB_BEFORE = _SUBJECTS | _MODALS | frozenset("to do does did not n't 'll".spli
 _BE = frozenset("am is are was were be been being 're 'm".split())
 _OBJECT_START = frozenset("a an the his her its their our my your him them me us it".split())
 _NEVER_NOUN = frozenset({"hot"})
-
-#: WordNet's noun suffix substitutions, in its order.
-_NOUN_SUFFIXES = (
-    ("s", ""),
-    ("ses", "s"),
-    ("xes", "x"),
-    ("zes", "z"),
-    ("ches", "ch"),
-    ("shes", "sh"),
-    ("men", "man"),
-    ("ies", "y"),
-)
 
 #: Forms whose WordNet 3.0 noun lemma (as nltk's WordNetLemmatizer gives it) differs from what
 #: the suffix rules over AMBER's vocabulary give: irregular plurals, and plurals of AMBER
@@ -114,7 +104,7 @@ def approximate_lemma(word: str, vocabulary) -> str:
         return [
             f[: len(f) - len(old)] + new
             for f in forms
-            for old, new in _NOUN_SUFFIXES
+            for old, new in WORDNET_NOUN_SUFFIXES
             if f.endswith(old)
         ]
 

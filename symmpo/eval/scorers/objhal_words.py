@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import re
 
+from . import WORDNET_NOUN_SUFFIXES
+
 # -- the synonym vocabulary ----------------------------------------------------------------------
 
 _ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra")
@@ -125,17 +127,6 @@ _EXCEPTIONS = {
     "teeth": ("tooth",),
     "thieves": ("thief",),
 }
-_SUFFIX_RULES = (
-    ("s", ""),
-    ("ses", "s"),
-    ("ves", "f"),
-    ("xes", "x"),
-    ("zes", "z"),
-    ("ches", "ch"),
-    ("shes", "sh"),
-    ("men", "man"),
-    ("ies", "y"),
-)
 
 
 class Lemmatizer:
@@ -156,7 +147,7 @@ class Lemmatizer:
         return [
             f[: len(f) - len(old)] + new
             for f in forms
-            for old, new in _SUFFIX_RULES
+            for old, new in WORDNET_NOUN_SUFFIXES
             if f.endswith(old)
         ]
 
@@ -188,7 +179,7 @@ class Lemmatizer:
         """spaCy's lemma of a plural noun: an exception form, else the first suffix rule that
         gives a noun; a word with neither is taken as singular and kept."""
         forms = []
-        for old, new in _SUFFIX_RULES:
+        for old, new in WORDNET_NOUN_SUFFIXES:
             if word.endswith(old):
                 form = word[: len(word) - len(old)] + new
                 if form and self.is_noun(form) and form not in forms:

@@ -110,12 +110,20 @@ def train(flags: list[str], out: pathlib.Path, threads: int) -> None:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}); see {out}.log")
 
 
-def read_evals(out: pathlib.Path) -> tuple[dict | None, dict | None]:
-    """(the evaluation before preference training, the last one after it) of a run: the first
-    is the supervised model's (``stage`` "sft") when the run had a supervised stage."""
+def read_evals(out: pathlib.Path) -> tuple[dict, dict]:
+    """(the evaluation before preference training, the one after its last step) of a run: the
+    first is the supervised model's (``stage`` "sft") when the run had a supervised stage.
+    A run without its final evaluation (stopped during it) is an error, not a row."""
     rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines() if line]
-    before = next(r for r in rows if r["step"] == 0)
-    return before, max(rows, key=lambda r: r["step"])
+    last_step = json.loads((out / "run_args.json").read_text())["max_steps"]
+    before = next((r for r in rows if r["step"] == 0), None)
+    after = next((r for r in rows if r["step"] == last_step and r["stage"] == "preference"), None)
+    if before is None or after is None:
+        raise RuntimeError(
+            f"{out}: eval.jsonl lacks the evaluation at step {0 if before is None else last_step}; "
+            "delete the folder to run it again"
+        )
+    return before, after
 
 
 def summarize(rows: list[dict], names: list[str]) -> list[dict]:
@@ -176,7 +184,7 @@ def main(argv=None) -> list[dict]:
     variants = dict(args.variant) if args.variant else dict(DEFAULT_VARIANTS)
     if SUPERVISED in variants:
         raise SystemExit(f"--variant: the name {SUPERVISED!r} is the supervised model's row")
-    work_dir = pathlib.Path(args.work_dir)
+    work_dir = pathlib.Path(args.work_dir).resolve()  # the runs' cwd is the repository root
     cache = work_dir / "sft_cache"  # one supervised model per seed, shared by its variants
     common = shlex.split(args.train_flags)
     jobs = [  # variant-major: a seed's supervised model is trained by its first run
@@ -207,7 +215,7 @@ def main(argv=None) -> list[dict]:
         if row["variant"] != SUPERVISED:
             row["hallucination_change"] = row["hallucination_rate"] - supervised[row["seed"]]
     table = summarize(rows, [SUPERVISED, *variants])
-    results = pathlib.Path(args.results)
+    results = pathlib.Path(args.results).resolve()
     results.mkdir(parents=True, exist_ok=True)
     columns = ["variant", "seed", "step", *(key for key, _, _ in METRICS)]
     with open(results / f"{args.name}.csv", "w", newline="", encoding="utf-8") as f:

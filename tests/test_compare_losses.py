@@ -65,3 +65,14 @@ def test_variants_share_the_supervised_model_and_the_table_summarises_the_runs(t
 def test_a_variant_without_flags_separator_is_refused():
     with pytest.raises(SystemExit):
         compare_losses.parse_args(["--variant", "symmpo"])
+
+
+def test_a_run_without_its_final_evaluation_is_refused(tmp_path):
+    """A run stopped during its last evaluation has no row at its last step: an error naming
+    the run, never its step-0 (supervised) row read as the trained model's."""
+    run = tmp_path / "symmpo-seed0"
+    run.mkdir()
+    (run / "run_args.json").write_text(json.dumps({"max_steps": 300}))
+    (run / "eval.jsonl").write_text(json.dumps({"stage": "sft", "step": 0}) + "\n")
+    with pytest.raises(RuntimeError, match="lacks the evaluation at step 300"):
+        compare_losses.read_evals(run)

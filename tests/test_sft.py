@@ -138,3 +138,24 @@ def test_the_stage_logs_its_caption_losses_in_metrics_jsonl_even_from_the_cache(
     assert first[: len(sft_rows)] == sft_rows  # then the preference stage's rows
     assert [r["stage"] for r in first[len(sft_rows) :]] == ["preference"]
     assert [r for r in second if r.get("stage") == "sft"] == sft_rows
+
+
+def test_evaluation_never_trains_a_missing_stage_and_reads_old_caches(
+    tmp_path, make_tiny, make_collator, make_records
+):
+    """train=False (rebuild_run) raises naming the folder instead of training; a cache written
+    before the losses were kept with the weights (a bare state dict) still loads."""
+    tiny = make_tiny()
+    collator, records = make_collator(tiny=tiny), make_records(2)
+    with pytest.raises(FileNotFoundError, match="--sft_cache_dir"):
+        supervised_model(_args(steps=1), tiny[1], collator, records, tmp_path, train=False)
+    model, info = supervised_model(_args(steps=1), tiny[1], collator, records, tmp_path)
+    saved = torch.load(info["path"], weights_only=True)
+    torch.save(saved["weights"], info["path"])  # the earlier format
+    fresh = make_tiny()[1]
+    loaded, again = supervised_model(_args(steps=1), fresh, collator, records, tmp_path)
+    assert again["cached"] and again["losses"] == []
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -245,7 +245,7 @@ def rebuild_run(checkpoint) -> RebuiltRun:
     if run.sft_steps:  # the run's supervised model, from its cache: the reference starts there
         folder = run.sft_cache_dir or pathlib.Path(checkpoint).parent
         say = functools.partial(print, file=sys.stderr)  # stdout carries evaluate's JSON
-        model, _ = supervised_model(run, model, collator, data.train, folder, identity, say)
+        model, _ = supervised_model(run, model, collator, data.train, folder, identity, say, False)
     scorer = Scorer(forward, run.average_log_prob, False, device, bf16)
     if run.lora:
         model = add_lora(model, run.lora_r, run.lora_alpha, run.lora_dropout)

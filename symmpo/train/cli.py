@@ -38,6 +38,9 @@ def check_paths(args: argparse.Namespace) -> argparse.Namespace:
         if not data.exists():
             raise UsageError(f"--data {args.data}: no such file or folder")
         args.data = str(data.resolve())  # stored in checkpoints: evaluate may run elsewhere
+    for name in ("ref_cache_dir", "sft_cache_dir"):  # stored with the run, read from elsewhere
+        if getattr(args, name, None) is not None:
+            setattr(args, name, str(pathlib.Path(getattr(args, name)).resolve()))
     out = pathlib.Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output_dir {args.output_dir}: is a file, not a folder")

@@ -37,6 +37,9 @@ CHANGEABLE = frozenset(
 )
 #: Flags that name the run or the command itself, never compared.
 NOT_COMPARED = frozenset({"output_dir", "resume", "ref_cache_dir", "sft_cache_dir", "config"})
+#: Of those, the ones a resumed run takes from its saved flags when not given again (where its
+#: caches are: another folder would miss them and compute them again).
+RESTORED = frozenset({"ref_cache_dir", "sft_cache_dir"})
 
 
 def continue_run(args: argparse.Namespace, given: set[str], saved: dict, log=print):
@@ -45,6 +48,8 @@ def continue_run(args: argparse.Namespace, given: set[str], saved: dict, log=pri
     would change the run; the allowed changes are said through ``log``."""
     conflicts, changes = [], []
     for name, value in vars(args).items():
+        if name in RESTORED and name not in given and name in saved:
+            setattr(args, name, saved[name])
         if name in NOT_COMPARED or name not in saved:
             continue
         before = saved[name]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -159,16 +160,21 @@ def supervised_path(out_dir, key: str) -> pathlib.Path:
     return pathlib.Path(out_dir) / f"sft-{key}.pt"
 
 
-def supervised_hf_folder(model, collator, out_dir, key: str) -> pathlib.Path:
+def supervised_hf_folder(model, collator, out_dir, key: str, log=print) -> pathlib.Path | None:
     """The supervised model in the Hugging Face format at ``<out_dir>/sft-<key>/`` (written once),
     recorded as the model's ``name_or_path`` so peft adapters trained on it name it as their
-    base."""
+    base. None, said through ``log``, when the folder cannot be written (e.g. a read-only
+    cache): the model is unchanged either way."""
     from .hf_export import save_hf
 
     folder = pathlib.Path(out_dir) / f"sft-{key}"
     if not folder.is_dir():  # written aside, then renamed: processes of one run may race here
-        partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-        save_hf(model, collator.tokenizer, collator.image_processor, partial)
+        try:
+            partial = pathlib.Path(tempfile.mkdtemp(prefix=f"{folder.name}.partial-", dir=out_dir))
+            save_hf(model, collator.tokenizer, collator.image_processor, partial)
+        except OSError as error:
+            log(f"supervised stage: no Hugging Face copy in {out_dir} ({error})")
+            return None
         try:
             partial.rename(folder)
         except OSError:  # another process published it first
@@ -178,14 +184,17 @@ def supervised_hf_folder(model, collator, out_dir, key: str) -> pathlib.Path:
     return folder
 
 
-def supervised_model(args, model, collator, records, out_dir, identity=None, log=print):
+def supervised_model(
+    args, model, collator, records, out_dir, identity=None, log=print, train: bool = True
+):
     """``model`` after the supervised stage (``args.sft_steps`` steps at ``args.sft_lr``, seed
     ``args.seed``), trained on ``records`` or loaded from ``out_dir``'s cache when one with the
     same fingerprint exists (``supervised_key``; ``identity``: the model's identity from
     ``build_model``). Returns (model, info) with info {"path", "key", "cached", "losses"}; the
     vision tower and projector are left frozen either way. ``sft_steps`` 0 skips the stage and
-    returns the model untouched. The cache holds the weights and the per-step caption losses
-    (``supervised_rows`` makes them ``metrics.jsonl`` rows)."""
+    returns the model untouched. ``train=False``: a missing cache raises FileNotFoundError
+    instead of training (evaluation of a saved run). The cache holds the weights and the
+    per-step caption losses (``supervised_rows`` makes them ``metrics.jsonl`` rows)."""
     steps, lr, seed = args.sft_steps, args.sft_lr, args.seed
     if steps <= 0:
         return model, {"path": None, "key": None, "cached": False, "losses": []}
@@ -195,18 +204,27 @@ def supervised_model(args, model, collator, records, out_dir, identity=None, log
     llava = unwrap(model)
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        if "weights" not in saved:  # a cache written before the losses were kept with it
+            saved = {"weights": saved, "losses": []}
         llava.load_state_dict(saved["weights"])
         log(f"supervised stage: loaded {path} (same settings as the run that trained it)")
-        supervised_hf_folder(model, collator, out_dir, key)
+        supervised_hf_folder(model, collator, out_dir, key, log)
         return model, {"path": path, "key": key, "cached": True, "losses": saved["losses"]}
+    if not train:
+        raise FileNotFoundError(
+            f"the run's supervised model is not in {path.parent} (no {path.name}); point "
+            "--sft_cache_dir at the folder that holds it"
+        )
     log(f"supervised stage: {steps} steps on {len(records)} records, lr {lr}")
     model, losses = train_supervised(model, collator, records, steps, lr, seed, log)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".pt.partial-{os.getpid()}")
     weights = {k: v.detach().cpu() for k, v in llava.state_dict().items()}
-    torch.save({"weights": weights, "losses": losses}, partial)
-    partial.replace(path)  # a torn write never takes the final name
-    log(f"supervised stage: saved {path} and {supervised_hf_folder(model, collator, out_dir, key)}")
+    handle, partial = tempfile.mkstemp(prefix=f"{path.name}.partial-", dir=path.parent)
+    with os.fdopen(handle, "wb") as f:
+        torch.save({"weights": weights, "losses": losses}, f)
+    os.replace(partial, path)  # a torn write never takes the final name
+    log(f"supervised stage: saved {path}")
+    supervised_hf_folder(model, collator, out_dir, key, log)
     return model, {"path": path, "key": key, "cached": False, "losses": losses}
 
 

@@ -208,3 +208,25 @@ def test_checkpoint_of_a_varlen_run_evaluates_like_the_run(tmp_path, monkeypatch
     last = json.loads((out / "eval.jsonl").read_text().splitlines()[-1])
     for key in ("logp_accuracy", "reward_accuracy", "reward_margin", "hallucination_rate"):
         assert result[key] == pytest.approx(last[key], rel=1e-5, abs=1e-7), key
+
+
+def test_a_run_with_the_supervised_stage_evaluates_from_its_shared_cache(tmp_path, monkeypatch):
+    """Full fine-tuning after a supervised stage cached in --sft_cache_dir: evaluate, run from
+    another folder, rebuilds the supervised model from that cache (policy start and reference)
+    and scores the checkpoint as the run's last evaluation did; without the cache it refuses
+    rather than training the stage again."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    flags = "--n_train 16 --heldout 4 --batch_size 4 --max_steps 2 --eval_generate 2".split()
+    flags += ["--sft_steps", "3", "--sft_cache_dir", "cache", "--output_dir", str(out)]
+    monkeypatch.chdir(tmp_path)
+    load_train_script(supervised_stage=True).main(flags)  # the cache given relative
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # stored absolute, it is still found
+    result = main(["--checkpoint", str(out / "checkpoint-2")])
+    last = json.loads((out / "eval.jsonl").read_text().splitlines()[-1])
+    for key in ("logp_accuracy", "reward_margin", "swap_accuracy", "hallucination_rate"):
+        assert result[key] == pytest.approx(last[key], rel=1e-5, abs=1e-7), key
+    for path in cache.glob("sft-*.pt"):
+        path.rename(tmp_path / path.name)
+    with pytest.raises(FileNotFoundError, match="supervised model is not in"):
+        main(["--checkpoint", str(out / "checkpoint-2")])

@@ -30,12 +30,12 @@ def test_flags_not_given_are_the_runs_own():
 def test_cache_folders_are_the_runs_own_unless_given_again(tmp_path):
     """A resumed run finds its caches where it made them (another folder would miss them and
     compute the reference or the supervised model again); given again, the new folder wins."""
-    saved = saved_run(sft_cache_dir="/shared/sft", ref_cache_dir="/shared/ref")
+    saved = saved_run(sft_cache_dir="/caches/sft", ref_cache_dir="/caches/ref")
     args = continue_run(build_parser().parse_args(["--resume"]), {"resume"}, saved)
-    assert (args.sft_cache_dir, args.ref_cache_dir) == ("/shared/sft", "/shared/ref")
+    assert (args.sft_cache_dir, args.ref_cache_dir) == ("/caches/sft", "/caches/ref")
     given = build_parser().parse_args(["--resume", "--sft_cache_dir", "/moved/sft"])
     args = continue_run(given, {"resume", "sft_cache_dir"}, saved)
-    assert (args.sft_cache_dir, args.ref_cache_dir) == ("/moved/sft", "/shared/ref")
+    assert (args.sft_cache_dir, args.ref_cache_dir) == ("/moved/sft", "/caches/ref")
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,16 @@ class PreferenceCollator:
         if self.objective.second_image == "contrast":
             record.load_image("contrast_image")
 
+    def preprocessing_identity(self) -> dict:
+        """What the sequences and pixels depend on besides the tokenizer and the data: the
+        template, the image processor's config and the aspect-ratio rule (for cache keys)."""
+        to_json = getattr(self.image_processor, "to_json_string", None)
+        return {
+            "template": self.template.identity(),
+            "image_processor": to_json() if to_json else repr(self.image_processor),
+            "image_aspect_ratio": self.image_aspect_ratio,
+        }
+
     # -- a batch ------------------------------------------------------------------------------
 
     def pixel_values(self, images: list) -> torch.Tensor:

@@ -127,14 +127,10 @@ def cache_key(args, model_identity: dict, data_identity: dict, collator, bf16: b
     (its identity holds its config), the data's content, the template, the image
     preprocessing (the image processor's config: size, crop, mean/std...) and the flags."""
     objective = collator.objective
-    processor = collator.image_processor
-    to_json = getattr(processor, "to_json_string", None)
     return fingerprint(
         model=model_identity,
         data=data_identity,
-        template=collator.template.identity(),
-        image_processor=to_json() if to_json else repr(processor),
-        image_aspect_ratio=collator.image_aspect_ratio,
+        **collator.preprocessing_identity(),
         max_length=args.max_length,
         loss=objective.name,
         average=args.average_log_prob,

@@ -19,8 +19,9 @@ import pathlib
 
 from .cli import UsageError
 
-#: Flags a resumed run may change: they decide what is logged, saved and evaluated, not what
-#: is trained (gradient checkpointing recomputes the same values).
+#: Flags a resumed run may change: they decide what is logged, saved and evaluated, or where
+#: its caches are, not what is trained (gradient checkpointing recomputes the same values).
+#: Not given again, they keep the run's saved values (a cache folder found where it was made).
 CHANGEABLE = frozenset(
     {
         "logging_steps",
@@ -33,13 +34,12 @@ CHANGEABLE = frozenset(
         "dataloader_workers",
         "report_to",
         "merge_lora",
+        "ref_cache_dir",
+        "sft_cache_dir",
     }
 )
 #: Flags that name the run or the command itself, never compared.
-NOT_COMPARED = frozenset({"output_dir", "resume", "ref_cache_dir", "sft_cache_dir", "config"})
-#: Of those, the ones a resumed run takes from its saved flags when not given again (where its
-#: caches are: another folder would miss them and compute them again).
-RESTORED = frozenset({"ref_cache_dir", "sft_cache_dir"})
+NOT_COMPARED = frozenset({"output_dir", "resume", "config"})
 
 
 def continue_run(args: argparse.Namespace, given: set[str], saved: dict, log=print):
@@ -48,8 +48,6 @@ def continue_run(args: argparse.Namespace, given: set[str], saved: dict, log=pri
     would change the run; the allowed changes are said through ``log``."""
     conflicts, changes = [], []
     for name, value in vars(args).items():
-        if name in RESTORED and name not in given and name in saved:
-            setattr(args, name, saved[name])
         if name in NOT_COMPARED or name not in saved:
             continue
         before = saved[name]

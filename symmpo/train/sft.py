@@ -133,8 +133,6 @@ def train_supervised(
 
 def supervised_key(model, collator, records, steps: int, lr: float, seed: int, identity) -> str:
     """The fingerprint of everything the supervised weights depend on."""
-    processor = collator.image_processor
-    to_json = getattr(processor, "to_json_string", None)
     tokenizer = collator.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return fingerprint(
@@ -148,9 +146,7 @@ def supervised_key(model, collator, records, steps: int, lr: float, seed: int, i
         model=identity,
         config=unwrap(model).config.to_json_string(),
         tokenizer=backend.to_str() if backend is not None else repr(tokenizer),
-        template=collator.template.identity(),
-        image_processor=to_json() if to_json else repr(processor),
-        image_aspect_ratio=collator.image_aspect_ratio,
+        **collator.preprocessing_identity(),
         max_length=collator.max_length,
     )
 

@@ -11,14 +11,16 @@ One forward + backward per provider on identical tensors (fused_linear_cases.py)
 H = 4096, V = 32064, B = 8, T = 800, R = 200 (P = 8000 targets), bf16.
 
 Equal work: by default every provider scores the same P target rows. symmpo_fused_linear takes
-the whole hidden (its chunks hold the targets only); eager, logits_path, liger_fused_linear_dpo
-and cce take the hidden rows of the target positions, gathered inside the timed step (an
-index_select, and in the backward the add of their gradient into the zeroed (5B, T, H) hidden
-gradient that symmpo writes too), from an index built beforehand as a collator would
-(fused_linear_cases.target_rows; padding and its cost are described there: none at these
-shapes, every sequence having R targets). The ``*_all_positions`` providers (eager,
-logits_path, liger_fused_linear_dpo) are the earlier calls on the whole hidden, logits at all
-5B T positions: separate rows, same P in the n_positions column.
+the whole hidden (its chunks hold the targets only) and the labels on the host, as a data
+loader yields them (it plans its chunks there, so its step makes no host sync); eager,
+logits_path, liger_fused_linear_dpo and cce take the hidden rows of the target positions,
+gathered inside the timed step (an index_select, and in the backward the add of their gradient
+into the zeroed (5B, T, H) hidden gradient that symmpo writes too), from an index built
+beforehand as a collator would (fused_linear_cases.target_rows; padding and its cost are
+described there: none at these shapes, every sequence having R targets). The
+``*_all_positions`` providers (eager, logits_path, liger_fused_linear_dpo) are the earlier
+calls on the whole hidden, logits at all 5B T positions: separate rows, same P in the
+n_positions column.
 
 Metrics: median ms, TFLOP/s counted as 6 P H V useful FLOPs (for every provider, the
 all-positions ones included; docs/math.md#hardware-floor), and peak memory beyond the inputs

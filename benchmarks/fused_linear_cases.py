@@ -57,11 +57,14 @@ class TargetRows(NamedTuple):
         target) for padding and the one extra row of the HF layout.
     target: (5B, W) the label each target row predicts, -100 for padding.
     labels: (5B, W + 1) the HF layout of the W + 1 rows: -100, then ``target``.
+    host: the (5B, T) labels on the host, where a collator makes them: symmpo's fused-linear
+        path plans its chunks there with no host sync (given CUDA labels it copies them once).
     """
 
     index: torch.Tensor
     target: torch.Tensor
     labels: torch.Tensor
+    host: torch.Tensor
 
 
 def target_rows(labels: torch.Tensor, ignore_index: int = -100) -> TargetRows:
@@ -77,7 +80,7 @@ def target_rows(labels: torch.Tensor, ignore_index: int = -100) -> TargetRows:
     index = torch.cat([base + torch.where(valid, position, last), base + seq_len - 1], dim=1)
     target = torch.where(valid, labels.gather(1, position + 1), ignore_index)
     pad = torch.full_like(target[:, :1], ignore_index)
-    return TargetRows(index, target, torch.cat([pad, target], dim=1))
+    return TargetRows(index, target, torch.cat([pad, target], dim=1), labels.cpu())
 
 
 def gather(h: torch.Tensor, rows: TargetRows, hf_layout: bool = False) -> torch.Tensor:
@@ -92,6 +95,8 @@ def _terms(policy, ref):
 
 
 def fused_linear(h, w, labels, ref, rows=None):
+    """symmpo_loss_from_hidden on the whole hidden, given the labels on the host."""
+    labels = rows.host if rows is not None else labels
     return symmpo_loss_from_hidden(h, w, labels, ref, config=CONFIG).loss
 
 

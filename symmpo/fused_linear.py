@@ -11,7 +11,15 @@ The algorithm, for hidden (5B, T, H), lm_head weight W (V, H) and P target posit
        grad_logits_c = g (onehot - softmax)    written over logits_c (read once, write once)
        grad_h_c = grad_logits_c W              2 n_c H V FLOPs, scattered into grad_hidden
        grad_W  += grad_logits_c^T h_c          2 n_c H V FLOPs (accumulated in grad_W's dtype)
-3. Backward only scales the gradients already computed (by grad_output, when it is not 1).
+3. Backward only scales the gradients already computed by grad_output: the target rows of
+   grad_hidden (P x H) and all of grad_weight and grad_bias (a pass over |W| for full
+   fine-tuning; nothing more under LoRA, whose lm_head is frozen). Checking grad_output == 1
+   to skip it would be a host sync.
+
+Host syncs: none when the labels are on the host (as a data loader yields them): the chunks
+are planned there (``fused_linear_chunks.plan_chunks``) and the plan is copied asynchronously.
+Labels on the GPU are copied to the host once. The reference's finiteness is checked on the
+device and read where the caller next looks (``out.metrics()``, ``out.raise_if_invalid()``).
 
 Why gradients in the forward pass (6 P H V FLOPs) rather than recomputing the chunk logits in
 backward (8 P H V): the batch-mean loss is a sum over examples, so a chunk that holds whole
@@ -42,7 +50,15 @@ from .fused_linear_chunks import TORCH_ROW_BLOCK as TORCH_ROW_BLOCK
 from .fused_linear_chunks import ChunkPlan as ChunkPlan
 from .fused_linear_chunks import ChunkResult as ChunkResult
 from .fused_linear_chunks import _chunk_loop as _chunk_loop
-from .fused_linear_chunks import _chunk_ops, _linear, plan_chunks, run_chunks, score_hidden
+from .fused_linear_chunks import (
+    _chunk_ops,
+    _linear,
+    host_labels,
+    plan_chunks,
+    run_chunks,
+    score_hidden,
+    to_device,
+)
 from .fused_linear_chunks import _TorchChunkOps as _TorchChunkOps
 from .fused_linear_chunks import _TritonChunkOps as _TritonChunkOps
 from .fused_linear_chunks import compute_dtype as compute_dtype
@@ -52,9 +68,9 @@ from .validation import (
     check_labels,
     check_logps,
     check_same_device,
-    check_scored,
     check_sequences,
     check_values,
+    raise_invalid_values,
     require_tensor,
 )
 
@@ -75,6 +91,7 @@ def symmpo_loss_from_hidden(
     config: SymMPOConfig | None = None,
     impl: str = "auto",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    immediate_checks: bool = False,
     **overrides,
 ) -> SymMPOOutput:
     """SymMPO loss from last hidden states and the lm_head, without materialising the logits.
@@ -82,7 +99,8 @@ def symmpo_loss_from_hidden(
     Args:
         hidden: (5B, T, H) or (5, B, T, H) last hidden states, kind-major like ``symmpo_loss``.
         weight: (V, H) lm_head weight, same dtype as ``hidden``; ``bias``: optional (V,).
-        labels: (5B, T) or (5, B, T) integer labels aligned with input_ids.
+        labels: (5B, T) or (5, B, T) integer labels aligned with input_ids, on the hidden
+            states' device or on the host (the CPU): see "Host syncs" below.
         ref_logps: (5B,) or (5, B) reference log-probs, or
         ref_hidden: reference hidden states shaped like ``hidden``, scored without gradient
             through ``ref_weight`` (default ``weight``) and ``ref_bias`` (default ``bias``).
@@ -90,13 +108,19 @@ def symmpo_loss_from_hidden(
         impl: "auto" (Triton kernels on CUDA, torch otherwise), "triton", "torch".
         chunk_bytes: budget for one chunk's logits (positions x V x element size); a chunk
             always holds at least one whole example.
+        immediate_checks: check the reference's finiteness at the call (one sync) instead of
+            where the caller next looks.
 
     Gradients flow into hidden (zero at non-target positions), weight and bias; they are
     computed during the forward pass (see the module docstring).
 
-    Reference log-probs scored from ``ref_hidden`` must be finite, as given ref_logps must:
-    without gradients a non-finite one raises at the call; with gradients (no host sync in
-    the forward) the loss is NaN and backward raises before returning any gradient.
+    Host syncs: the target positions and the chunks are planned on the host. With labels on
+    the host, forward and backward make no host sync; labels on the GPU cost one (their copy
+    to the host). Bad labels (outside the vocabulary, a sequence without a target unless
+    allow_empty) raise ValueError at the call. Reference log-probs, given or scored from
+    ``ref_hidden``, must be finite: a non-finite one makes every output and gradient NaN, and
+    the ValueError naming it is raised where the caller next looks: ``out.metrics()`` or
+    ``out.raise_if_invalid()`` (one sync, which a trainer already makes to log).
     """
     config = resolve_config(config, overrides)
     hidden = check_sequences("hidden", hidden, feature="H")
@@ -133,35 +157,52 @@ def symmpo_loss_from_hidden(
     check_same_device(
         hidden=hidden,
         weight=weight,
-        labels=labels,
         bias=bias,
         ref_logps=ref_logps,
         ref_hidden=ref_hidden,
         ref_weight=ref_weight,
         ref_bias=ref_bias,
     )
-    check_values(labels, vocab, config.ignore_index, config.allow_empty, ref_logps=ref_logps)
+    labels = host_labels(labels, hidden.device)
+    check_values(labels, vocab, config.ignore_index, config.allow_empty)  # on the host
     impl = resolve_impl(impl, hidden)
 
-    plan = plan_chunks(labels, config.ignore_index, vocab * hidden.element_size(), chunk_bytes)
+    row_bytes = vocab * hidden.element_size()
+    plan = plan_chunks(labels, config.ignore_index, row_bytes, chunk_bytes, hidden.device)
+    given = ref_logps
     if ref_hidden is not None:
         ref_logps = score_hidden(ref_hidden, ref_weight, ref_bias, plan, config, impl)
     ref_logps = ref_logps.detach().reshape(5, -1).float()
-    scored = None if ref_hidden is None else ref_logps  # checked like a given ref_logps
+    invalid = ~torch.isfinite(ref_logps).all()  # read by the caller: no sync here
+    flags = invalid.int().reshape(1)
 
+    def raise_if_invalid(flags: torch.Tensor) -> None:
+        if any(flags.tolist()):
+            raise_invalid_values(
+                labels,
+                vocab,
+                config.ignore_index,
+                config.allow_empty,
+                scored=None if ref_hidden is None else ("ref_hidden", ref_logps),
+                ref_logps=given,
+            )
+
+    if immediate_checks:
+        raise_if_invalid(flags)
     wants_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias)
     )
     if wants_grad:
         loss, per_example, terms, z, policy = _FusedLinearSymMPO.apply(
-            hidden, weight, bias, ref_logps, plan, config, impl, scored
+            hidden, weight, bias, ref_logps, plan, config, impl, invalid
         )
     else:
-        if scored is not None:
-            check_scored("ref_hidden", scored)
         result = run_chunks(hidden, weight, bias, ref_logps, plan, config, impl, (False,) * 3)
-        loss, per_example, terms, z, policy = result.outputs
-    return build_symmpo_output(loss, per_example, terms, z, policy, ref_logps, config)
+        loss, per_example, terms, z, policy = poison(result.outputs, invalid)
+    out = build_symmpo_output(loss, per_example, terms, z, policy, ref_logps, config)
+    if not immediate_checks:
+        out.flags, out.on_invalid = flags, raise_if_invalid
+    return out
 
 
 def sequence_logps_from_hidden(
@@ -183,18 +224,21 @@ def sequence_logps_from_hidden(
     of logits, so no (P, V) tensor exists. With gradient the (P, V) target logits are kept for
     backward (the loss is unknown here, so the in-forward gradient of
     ``symmpo_loss_from_hidden`` is not available); their gradient is written over them.
+    Labels may be on the host, as for ``symmpo_loss_from_hidden``: then no host sync.
     """
     hidden = check_sequences("hidden", hidden, kind_major=False, feature="H")
     rows, seq_len, _ = hidden.shape
     weight = _check_weight("weight", weight, hidden)
     bias = _check_bias("bias", bias, weight)
     labels = check_labels(labels, rows, seq_len, weight.shape[0], ignore_index, kind_major=False)
-    check_same_device(hidden=hidden, weight=weight, labels=labels, bias=bias)
+    check_same_device(hidden=hidden, weight=weight, bias=bias)
+    labels = host_labels(labels, hidden.device)
     check_values(labels, weight.shape[0], ignore_index, allow_empty, kind_major=False)
     impl = resolve_impl(impl, hidden)
     is_target = labels[:, 1:] != ignore_index
     pos_rows, pos_cols = is_target.nonzero(as_tuple=True)
-    targets = labels[pos_rows, pos_cols + 1]
+    positions = (pos_rows, pos_cols, labels[pos_rows, pos_cols + 1], is_target.sum(-1))
+    pos_rows, pos_cols, targets, counts = (to_device(t, hidden.device) for t in positions)
     sums = torch.zeros(rows, dtype=torch.float32, device=hidden.device)
     ops = _chunk_ops(impl)
     wants_grad = torch.is_grad_enabled() and any(
@@ -210,7 +254,7 @@ def sequence_logps_from_hidden(
                 r, c = pos_rows[p0 : p0 + step], pos_cols[p0 : p0 + step]
                 ops.forward(_linear(hidden[r, c], weight, bias), targets[p0 : p0 + step], r, sums)
     if average:
-        sums = sums / is_target.sum(-1).clamp(min=1)
+        sums = sums / counts.clamp(min=1)
     return sums
 
 
@@ -241,37 +285,39 @@ class _TokenLogps(torch.autograd.Function):
         return grad, None, None
 
 
+def poison(tensors, invalid: torch.Tensor):
+    """The tensors, all NaN where ``invalid`` (a 0-dim bool on their device), with no sync."""
+    return tuple(torch.where(invalid, torch.nan, t) for t in tensors)
+
+
 class _FusedLinearSymMPO(torch.autograd.Function):
-    """Forward runs every chunk and keeps the gradients; backward hands them back. ``scored``:
-    reference log-probs scored from ref_hidden, whose finiteness backward checks (in the host
-    sync it makes anyway) before handing anything back."""
+    """Forward runs every chunk and keeps the gradients; backward scales them by grad_output
+    in place (grad_hidden at the plan's target rows only: it is zero elsewhere) and hands them
+    back, so a second backward through the same graph is refused by autograd's version check.
+    ``invalid`` (0-dim bool: a non-finite reference) makes every output and gradient NaN."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ref_logps, plan, config, impl, scored=None):
+    def forward(ctx, hidden, weight, bias, ref_logps, plan, config, impl, invalid):
         result = run_chunks(
             hidden, weight, bias, ref_logps, plan, config, impl, ctx.needs_input_grad[:3]
         )
-        ctx.save_for_backward(*result.grads)
-        ctx.scored = scored
-        ctx.scored_bad = None if scored is None else ~torch.isfinite(scored).all()
-        loss, per_example, terms, z, policy = result.outputs
-        ctx.mark_non_differentiable(per_example, terms, z, policy)
-        return result.outputs
+        ctx.save_for_backward(*result.grads, plan.rows, plan.cols, invalid)
+        outputs = poison(result.outputs, invalid)
+        ctx.mark_non_differentiable(*outputs[1:])
+        return outputs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, *_unused):
-        grads = ctx.saved_tensors
-        # loss.backward() passes 1: skip three full passes over the gradients (one host sync,
-        # which also reads whether the scored reference was finite).
-        scaled = grad_loss != 1
-        if ctx.scored is not None:
-            scaled, bad = torch.stack([scaled, ctx.scored_bad.to(scaled.device)]).tolist()
-            if bad:
-                check_scored("ref_hidden", ctx.scored)
-        if bool(scaled):
-            grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in grads)
-        return (*grads, None, None, None, None, None)
+        grad_hidden, grad_weight, grad_bias, rows, cols, invalid = ctx.saved_tensors
+        scale = poison([grad_loss.float()], invalid)[0]
+        if grad_hidden is not None:
+            scaled = grad_hidden[rows, cols] * scale.to(grad_hidden.dtype)
+            grad_hidden.index_put_((rows, cols), scaled)
+        for grad in (grad_weight, grad_bias):
+            if grad is not None:
+                grad.mul_(scale.to(grad.dtype))
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------

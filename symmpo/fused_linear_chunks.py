@@ -2,7 +2,8 @@
 chunks, and what happens to each chunk.
 
 - Planning: ``plan_chunks`` selects the target positions, orders them by example and cuts them
-  into chunks of whole examples (``ChunkPlan``).
+  into chunks of whole examples (``ChunkPlan``), on the host: the labels are there (or are
+  copied there once), so the per-chunk sizes the loop needs never wait for the GPU.
 - The loop: ``run_chunks`` scores each chunk's logits, computes its examples' SymMPO terms and,
   when asked, the gradients of hidden, weight and bias (the algorithm of
   ``symmpo.fused_linear``'s module docstring); ``score_hidden`` scores a reference without
@@ -36,9 +37,9 @@ TORCH_ROW_BLOCK = 256
 class ChunkPlan:
     """Target positions ordered by example, and the chunks that cut them.
 
-    rows, cols, targets: (P,) int64, position (rows[p], cols[p]) predicts targets[p];
-    chunks: host list of (p0, p1, e0, e1): positions [p0, p1) are all those of examples [e0, e1);
-    counts: (5B,) float32 targets per sequence; batch: B.
+    rows, cols, targets: (P,) int64 on the compute device, position (rows[p], cols[p])
+    predicts targets[p]; chunks: host list of (p0, p1, e0, e1): positions [p0, p1) are all
+    those of examples [e0, e1); counts: (5B,) float32 targets per sequence; batch: B.
     """
 
     rows: torch.Tensor
@@ -50,9 +51,27 @@ class ChunkPlan:
     positions_per_chunk: int
 
 
-def plan_chunks(labels, ignore_index: int, row_bytes: int, chunk_bytes: int) -> ChunkPlan:
-    """Select target positions (one host sync for their per-example counts) and cut them into
-    chunks of whole examples whose logits (row_bytes per position) fit ``chunk_bytes``."""
+def host_labels(labels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The labels on the host, where the chunks are planned: labels already on the CPU cost
+    nothing; labels on ``device`` cost one copy, the one host sync of the hidden-state losses
+    (pass them as the data loader yields them, on the host, to make none). Labels on a third
+    device are refused."""
+    if labels.device.type == "cpu":
+        return labels
+    if labels.device != device:
+        raise ValueError(
+            f"labels must be on the hidden states' device ({device}) or on the CPU, "
+            f"got {labels.device}"
+        )
+    return labels.cpu()
+
+
+def plan_chunks(
+    labels, ignore_index: int, row_bytes: int, chunk_bytes: int, device=None
+) -> ChunkPlan:
+    """Select the target positions of host ``labels`` and cut them into chunks of whole
+    examples whose logits (row_bytes per position) fit ``chunk_bytes``: host work only. The
+    plan's tensors are copied to ``device`` (default: the labels') without waiting for it."""
     batch = labels.shape[0] // 5
     is_target = labels[:, 1:] != ignore_index
     rows, cols = is_target.nonzero(as_tuple=True)
@@ -68,15 +87,20 @@ def plan_chunks(labels, ignore_index: int, row_bytes: int, chunk_bytes: int) -> 
             p0, e0, filled = p0 + filled, e, 0
         filled += size
     chunks.append((p0, p0 + filled, e0, batch))
-    return ChunkPlan(
-        rows=rows,
-        cols=cols,
-        targets=labels[rows, cols + 1],
-        counts=is_target.sum(-1).float(),
-        chunks=chunks,
-        batch=batch,
-        positions_per_chunk=budget,
-    )
+    device = labels.device if device is None else torch.device(device)
+    positions = (rows, cols, labels[rows, cols + 1], is_target.sum(-1).float())
+    rows, cols, targets, counts = (to_device(t, device) for t in positions)
+    return ChunkPlan(rows, cols, targets, counts, chunks, batch, positions_per_chunk=budget)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without a host sync: pinned, then copied asynchronously
+    (a plain ``.to(device)`` from pageable memory waits for the GPU's queue)."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 # --------------------------------------------------------------------------------------------

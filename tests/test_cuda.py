@@ -220,6 +220,36 @@ def test_fused_linear_bf16_errors_within_torch():
         assert g_err <= 1.5 * e_err + 1e-3, (g_err, e_err)
 
 
+def test_fused_linear_with_host_labels_makes_no_host_sync():
+    """symmpo_loss_from_hidden with the labels on the host: forward and backward (the
+    gradients scaled by grad_output) never wait for the GPU and equal the call given CUDA
+    labels (which copies them to the host once); a non-finite reference gives NaN and
+    out.metrics() raises naming it."""
+    from symmpo import symmpo_loss_from_hidden
+
+    h, w, labels, ref = _hidden_case(torch.float32)
+    h, w, host = h.float(), w.float(), labels.cpu()
+    loss, grad_h, grad_w = _hidden_run(h, w, labels, ref, fused=True)
+    for bad in (False, True):
+        if bad:
+            ref[7] = float("nan")
+        x, wx = (t.clone().requires_grad_(True) for t in (h, w))
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = symmpo_loss_from_hidden(x, wx, host, ref, impl="triton")
+            (2.0 * out.loss).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isnan(out.loss).item() == bad
+        if not bad:  # float32 atomics: the last bits may differ
+            torch.testing.assert_close(out.loss.detach(), loss)
+            torch.testing.assert_close(x.grad, 2.0 * grad_h)
+            torch.testing.assert_close(wx.grad, 2.0 * grad_w)
+    with pytest.raises(ValueError, match=r"ref_logps holds non-finite values .*row 7"):
+        out.metrics()
+
+
 def _tiny_model_and_batch():
     """The tiny default LLaVA in float32 on CUDA and a collated batch of 4 synthetic examples."""
     from symmpo.train.collator import PreferenceCollator

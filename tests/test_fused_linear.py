@@ -237,27 +237,70 @@ def test_non_finite_hidden_at_non_targets_is_ignored(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_non_finite_ref_hidden_at_a_target_raises(impl):
-    """A reference log-prob scored from ref_hidden that is not finite raises like a
-    non-finite ref_logps: at the call without gradients; with gradients the loss is NaN and
-    backward raises before handing back a gradient."""
-    h, w, b, labels, _ = make_inputs(batch=2, seq_len=7, dtype=torch.float32, seed=14)
-    ref_h = h.clone()
-    ref_h[6, int((labels[6, 1:] != -100).nonzero()[0]), 1] = float("nan")
-    message = r"ref_hidden give a non-finite reference log-prob .*row 6 \(chosen_on_contrast of"
+@pytest.mark.parametrize("given", [False, True])
+def test_non_finite_reference_raises_where_the_caller_looks(impl, given):
+    """A non-finite reference log-prob, given or scored from ref_hidden at a target, makes the
+    outputs and the target rows' gradient NaN without a sync at the call; out.metrics() and
+    out.raise_if_invalid() raise naming it, and immediate_checks raises at the call."""
+    h, w, b, labels, ref = make_inputs(batch=2, seq_len=7, dtype=torch.float32, seed=14)
+    if given:
+        ref[6] = float("inf")
+        kw = dict(ref_logps=ref)
+        message = r"ref_logps holds non-finite values .*row 6 \(chosen_on_contrast of"
+    else:
+        ref_h = h.clone()
+        ref_h[6, int((labels[6, 1:] != -100).nonzero()[0]), 1] = float("nan")
+        kw = dict(ref_hidden=ref_h)
+        message = r"ref_hidden give a non-finite reference log-prob .*row 6 \(chosen_on_contrast of"
     with pytest.raises(ValueError, match=message):
-        symmpo_loss_from_hidden(h, w, labels, bias=b, ref_hidden=ref_h, impl=impl)
-    x = h.clone().requires_grad_(True)
-    out = symmpo_loss_from_hidden(x, w, labels, bias=b, ref_hidden=ref_h, impl=impl)
-    assert torch.isnan(out.loss)
-    with pytest.raises(ValueError, match=message):
-        out.loss.backward()
-    assert x.grad is None
+        symmpo_loss_from_hidden(h, w, labels, bias=b, impl=impl, immediate_checks=True, **kw)
+    for grad in (False, True):
+        x = h.clone().requires_grad_(grad)
+        out = symmpo_loss_from_hidden(x, w, labels, bias=b, impl=impl, **kw)
+        assert torch.isnan(out.loss) and torch.isnan(out.per_example_loss).all()
+        if grad:
+            out.loss.backward()
+            target = torch.zeros(labels.shape, dtype=torch.bool)
+            target[:, :-1] = labels[:, 1:] != -100
+            assert torch.isnan(x.grad[target]).all() and torch.all(x.grad[~target] == 0)
+        with pytest.raises(ValueError, match=message):
+            out.raise_if_invalid()
+        with pytest.raises(ValueError, match=message):
+            out.metrics()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_upstream_scale_in_backward_and_a_second_backward_is_refused(impl):
+    """Backward scales the gradients computed in the forward by grad_output, in place (no
+    check of grad_output == 1, which would be a host sync); a retained graph cannot hand the
+    scaled gradients back twice."""
+    h, w, b, labels, ref = make_inputs(batch=2, seq_len=7, dtype=torch.float32, seed=15)
     grads = []
-    for scale in (1.0, 3.0):  # a finite reference: no error, the upstream scale applied
-        x = h.clone().requires_grad_(True)
-        out = symmpo_loss_from_hidden(x, w, labels, bias=b, ref_hidden=h + 0.1, impl=impl)
-        (scale * out.loss).backward()
-        grads.append(x.grad)
-    assert torch.isfinite(grads[0]).all()
-    torch.testing.assert_close(grads[1], 3.0 * grads[0])
+    for scale in (1.0, -3.0, 0.0):
+        x, wx, bx = (t.clone().requires_grad_(True) for t in (h, w, b))
+        out = symmpo_loss_from_hidden(x, wx, labels, ref, bias=bx, impl=impl)
+        (scale * out.loss).backward(retain_graph=True)
+        grads.append((x.grad, wx.grad, bx.grad))
+        assert out.metrics()["loss"] == pytest.approx(out.loss.item())  # finite: no error
+    for g1, g3, g0 in zip(*grads, strict=True):
+        torch.testing.assert_close(g3, -3.0 * g1)
+        assert torch.all(g0 == 0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.loss.backward()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_labels_on_the_host_give_the_same_result(impl):
+    """Labels may stay on the host (the CPU) while the hidden states are elsewhere; here both
+    are on the CPU, so this checks the planning path on a labels view that is not contiguous
+    and the (5, B, T) layout: the same loss and gradients as contiguous labels."""
+    h, w, b, labels, ref = make_inputs(batch=2, seq_len=7, dtype=torch.float32, seed=16)
+    wide = torch.full((labels.shape[0], 2 * labels.shape[1]), -100, dtype=torch.long)
+    wide[:, ::2] = labels
+    strided = wide[:, ::2].view(5, 2, -1)
+    assert not strided.is_contiguous()
+    a = fused_run(h, w, b, labels, ref, impl)
+    c = fused_run(h, w, b, strided, ref, impl)
+    assert a[0].loss.item() == c[0].loss.item()
+    for ga, gc in zip(a[1:], c[1:], strict=True):
+        assert torch.equal(ga, gc)

@@ -1,8 +1,9 @@
 """The policy's forward routes (``--forward``) and sequence scoring without gradient.
 
 A route takes a LLaVA model (peft-wrapped or not) and a batch of ``PreferenceCollator`` and
-returns ``(hidden, labels)``: the last hidden states of every sequence and the labels aligned
-with them, ready for ``symmpo_loss_from_hidden``.
+returns ``(hidden, labels)``: the last hidden states of every sequence (on the model's device)
+and the labels aligned with them, on the host as collated, ready for
+``symmpo_loss_from_hidden`` (which plans its target positions on the host without a sync).
 
 - ``naive``: one pass over all K*B sequences (``symmpo.train.model.naive_forward``);
 - ``shared``: each (image, question) prefix once and the responses as its continuations
@@ -29,6 +30,7 @@ def score_batch(
     hidden, labels = forward(model, batch)
     lm_head = unwrap(model).lm_head
     if logits_path:  # through lm_head's forward (DeepSpeed ZeRO-3 gathers its weight there)
+        labels = labels.to(hidden.device)
         return sequence_logps(lm_head(hidden), labels, average=average, allow_empty=True)
     return sequence_logps_from_hidden(
         hidden, lm_head.weight, labels, bias=lm_head.bias, average=average, allow_empty=True

@@ -127,6 +127,8 @@ def compute_loss(
     lm_head = unwrap(model).lm_head
     ref_logps = ref_logps.to(hidden.device)
     average = config.average_log_prob
+    if logits_path:  # the logits path wants its labels beside the logits
+        labels = labels.to(hidden.device)
     if objective.fused and logits_path:
         return symmpo_loss(lm_head(hidden), labels, ref_logps, config=config)
     if objective.fused:

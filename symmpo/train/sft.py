@@ -66,7 +66,7 @@ def caption_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, T-1, V) predicting tokens 1.., labels (N, T-1) aligned with them)."""
     hidden, labels = naive_forward(model, batch)
     logits = unwrap(model).lm_head(hidden[:, :-1])
-    return logits, labels[:, 1:]
+    return logits, labels[:, 1:].to(logits.device)
 
 
 def caption_loss(model, batch: dict) -> torch.Tensor:

@@ -69,4 +69,4 @@ def shared_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     )
     rows = packed["gather_rows"].to(device)[:, None]
     hidden = out.last_hidden_state[rows, packed["gather_cols"].to(device)]
-    return hidden, packed["labels"].to(device)
+    return hidden, packed["labels"]  # on the host, as naive_forward's

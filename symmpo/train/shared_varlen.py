@@ -227,7 +227,7 @@ def varlen_shared_forward(llava, batch: dict) -> tuple[torch.Tensor, torch.Tenso
     )
     rows = packed["gather_rows"].cpu()[:, None]
     columns = stream_position[rows, packed["gather_cols"].cpu()].to(device)
-    return out.last_hidden_state[0, columns], packed["labels"].to(device)
+    return out.last_hidden_state[0, columns], packed["labels"]
 
 
 def register_varlen_attention() -> None:

@@ -100,7 +100,7 @@ class SymMPOConfig:
 def resolve_config(config: SymMPOConfig | None, overrides: dict) -> SymMPOConfig:
     """``config`` (default ``SymMPOConfig()``) with keyword ``overrides`` applied."""
     if config is None:
-        config = SymMPOConfig()
+        config = DEFAULT_CONFIG
     elif not isinstance(config, SymMPOConfig):
         raise TypeError(f"config must be a SymMPOConfig or None, got {type(config).__name__}")
     return config.replace(**overrides)
@@ -150,3 +150,7 @@ def _as_float(value) -> float | None:
 def _is_array(value) -> bool:
     """A tensor or NumPy array with a shape other than () (its repr could be huge)."""
     return bool(getattr(value, "shape", ())) and hasattr(value, "dtype")
+
+
+#: The defaults, built once (the dataclass is frozen): a call without a config reuses it.
+DEFAULT_CONFIG = SymMPOConfig()

@@ -92,8 +92,9 @@ def symmpo_loss(
     value and no gradient (exactly 0 there). Invalid values (a label outside the vocabulary, a
     sequence without a target unless allow_empty, non-finite ref_logps, ref_logits that give
     a non-finite reference log-prob): the torch path raises ValueError at the call. The Triton
-    path makes no host sync, forward or backward (``torch.ops.symmpo.fused_loss``: it
-    compiles with ``torch.compile(fullgraph=True)`` and replays in a CUDA graph): its kernels
+    path makes no host sync, forward or backward (eager calls take an autograd Function, which
+    a CUDA graph can capture; under ``torch.compile(fullgraph=True)`` it is the custom op
+    ``torch.ops.symmpo.fused_loss``, compiled without a graph break, same kernels): its kernels
     check the values as they read them, every value of the output (and the gradient) is NaN,
     and the ValueError is raised where the caller next looks: ``out.metrics()`` or
     ``out.raise_if_invalid()`` (one sync, which a trainer already makes to log).

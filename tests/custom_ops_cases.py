@@ -34,8 +34,8 @@ def test_opcheck_both_ops(batch, average):
 
 @pytest.mark.parametrize("average", [False, True])
 def test_custom_op_route_equals_the_autograd_function_route(batch, average):
-    """The custom ops (CUDA's default route) and the autograd Function (immediate checks) run
-    the same kernels: identical outputs and gradients."""
+    """The custom ops (the route under torch.compile) and the autograd Function (eager calls)
+    run the same kernels: identical outputs and gradients."""
     from symmpo.config import SymMPOConfig as Config
     from symmpo.output import output_from_terms
 

@@ -155,3 +155,15 @@ def test_end_to_end_benchmark_runs_and_plots(tmp_path, monkeypatch):
 
     out = plot(["--csv", str(tmp_path / "results.csv"), "--out", str(tmp_path / "p.png")])
     assert out.stat().st_size > 10_000
+
+
+def test_host_overhead_times_both_routes(tmp_path):
+    """`python benchmarks/host_overhead.py`: the stubbed launchers still match the kernels'
+    interfaces (a renamed launcher or a changed result fails here), and both routes print a
+    positive time for the forward and for forward + backward."""
+    _, stdout = _run(["benchmarks/host_overhead.py"], tmp_path)
+    lines = {line.split()[0]: line.split() for line in stdout.splitlines()[1:] if line.strip()}
+    assert set(lines) == {"function", "custom_op"}, stdout
+    for cells in lines.values():
+        forward, full = float(cells[2]), float(cells[-2])
+        assert 0 < forward < full, stdout

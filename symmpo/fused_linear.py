@@ -118,9 +118,13 @@ def symmpo_loss_from_hidden(
     the host, forward and backward make no host sync; labels on the GPU cost one (their copy
     to the host). Bad labels (outside the vocabulary, a sequence without a target unless
     allow_empty) raise ValueError at the call. Reference log-probs, given or scored from
-    ``ref_hidden``, must be finite: a non-finite one makes every output and gradient NaN, and
-    the ValueError naming it is raised where the caller next looks: ``out.metrics()`` or
-    ``out.raise_if_invalid()`` (one sync, which a trainer already makes to log).
+    ``ref_hidden``, must be finite: a non-finite one makes the loss, its terms, the policy
+    log-probs and the gradients at the target positions NaN, and the ValueError naming it is
+    raised where the caller next looks: ``out.metrics()`` or ``out.raise_if_invalid()`` (one
+    sync, which a trainer already makes to log).
+
+    One backward per call: backward scales the gradients computed in the forward in place,
+    so a second backward through a retained graph raises RuntimeError (compute the loss again).
     """
     config = resolve_config(config, overrides)
     hidden = check_sequences("hidden", hidden, feature="H")
@@ -238,7 +242,7 @@ def sequence_logps_from_hidden(
     is_target = labels[:, 1:] != ignore_index
     pos_rows, pos_cols = is_target.nonzero(as_tuple=True)
     positions = (pos_rows, pos_cols, labels[pos_rows, pos_cols + 1], is_target.sum(-1))
-    pos_rows, pos_cols, targets, counts = (to_device(t, hidden.device) for t in positions)
+    pos_rows, pos_cols, targets, counts = to_device(positions, hidden.device)
     sums = torch.zeros(rows, dtype=torch.float32, device=hidden.device)
     ops = _chunk_ops(impl)
     wants_grad = torch.is_grad_enabled() and any(
@@ -292,9 +296,10 @@ def poison(tensors, invalid: torch.Tensor):
 
 class _FusedLinearSymMPO(torch.autograd.Function):
     """Forward runs every chunk and keeps the gradients; backward scales them by grad_output
-    in place (grad_hidden at the plan's target rows only: it is zero elsewhere) and hands them
-    back, so a second backward through the same graph is refused by autograd's version check.
-    ``invalid`` (0-dim bool: a non-finite reference) makes every output and gradient NaN."""
+    in place, in float32 (grad_hidden at the plan's target rows only: it is zero elsewhere),
+    and hands them back, so a second backward through the same graph is refused.
+    ``invalid`` (0-dim bool: a non-finite reference) makes the outputs and the gradients'
+    target rows NaN."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, ref_logps, plan, config, impl, invalid):
@@ -309,15 +314,32 @@ class _FusedLinearSymMPO(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, *_unused):
+        if getattr(ctx, "gradients_consumed", False):
+            raise RuntimeError(
+                "symmpo_loss_from_hidden: a second backward through the same graph is not "
+                "supported (the first scaled the gradients computed in the forward in place); "
+                "compute the loss again"
+            )
+        ctx.gradients_consumed = True
         grad_hidden, grad_weight, grad_bias, rows, cols, invalid = ctx.saved_tensors
-        scale = poison([grad_loss.float()], invalid)[0]
-        if grad_hidden is not None:
-            scaled = grad_hidden[rows, cols] * scale.to(grad_hidden.dtype)
-            grad_hidden.index_put_((rows, cols), scaled)
+        scale = poison([grad_loss.float()], invalid)[0]  # float32: a loss scale of 2^16
+        if grad_hidden is not None:  # overflows float16, and 1/3 rounds in bfloat16
+            scaled = grad_hidden[rows, cols].float() * scale
+            grad_hidden.index_put_((rows, cols), scaled.to(grad_hidden.dtype))
         for grad in (grad_weight, grad_bias):
             if grad is not None:
-                grad.mul_(scale.to(grad.dtype))
+                scale_in_float32(grad, scale)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+
+
+def scale_in_float32(grad: torch.Tensor, scale: torch.Tensor, rows: int = 4096) -> None:
+    """grad *= scale (a float32 0-dim tensor), computed in float32: in place for float32,
+    else a block of ``rows`` rows at a time (a float32 copy of one block at most)."""
+    if grad.dtype == torch.float32:
+        grad.mul_(scale)
+        return
+    for block in grad.split(rows):
+        block.copy_(block.float() * scale)
 
 
 # --------------------------------------------------------------------------------------------

@@ -88,19 +88,23 @@ def plan_chunks(
         filled += size
     chunks.append((p0, p0 + filled, e0, batch))
     device = labels.device if device is None else torch.device(device)
-    positions = (rows, cols, labels[rows, cols + 1], is_target.sum(-1).float())
-    rows, cols, targets, counts = (to_device(t, device) for t in positions)
-    return ChunkPlan(rows, cols, targets, counts, chunks, batch, positions_per_chunk=budget)
+    positions = (rows, cols, labels[rows, cols + 1], is_target.sum(-1))
+    rows, cols, targets, counts = to_device(positions, device)
+    return ChunkPlan(rows, cols, targets, counts.float(), chunks, batch, budget)
 
 
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device`` without a host sync: pinned, then copied asynchronously
-    (a plain ``.to(device)`` from pageable memory waits for the GPU's queue)."""
-    if tensor.device == device:
-        return tensor
-    if tensor.device.type == "cpu" and device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
+def to_device(tensors, device: torch.device) -> list[torch.Tensor]:
+    """Host int64 tensors on ``device`` in one copy and without a host sync: packed into one
+    pinned buffer, copied asynchronously, split there (a plain ``.to(device)`` from pageable
+    memory waits for the GPU's queue)."""
+    tensors = [t.reshape(-1) for t in tensors]
+    if all(t.device == device for t in tensors):
+        return tensors
+    packed = torch.cat([t.to("cpu", torch.int64) for t in tensors])
+    if device.type == "cuda":
+        packed = packed.pin_memory()
+    packed = packed.to(device, non_blocking=True)
+    return list(packed.split([t.numel() for t in tensors]))
 
 
 # --------------------------------------------------------------------------------------------

@@ -285,8 +285,32 @@ def test_upstream_scale_in_backward_and_a_second_backward_is_refused(impl):
     for g1, g3, g0 in zip(*grads, strict=True):
         torch.testing.assert_close(g3, -3.0 * g1)
         assert torch.all(g0 == 0)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    with pytest.raises(RuntimeError, match="a second backward through the same graph"):
         out.loss.backward()
+    x = h.clone().requires_grad_(True)  # a second backward for another input: refused too
+    loss = symmpo_loss_from_hidden(x, w.clone().requires_grad_(True), labels, ref).loss
+    torch.autograd.grad(loss, x, retain_graph=True)
+    with pytest.raises(RuntimeError, match="a second backward through the same graph"):
+        torch.autograd.grad(loss, x)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_upstream_scale_is_applied_in_float32(impl, dtype):
+    """A loss scale like GradScaler's 2^16 (beyond float16's range) and a scale of 1/3 (not a
+    bfloat16 number) multiply the gradients in float32, as autograd through the logits does:
+    the result is the unscaled gradient times the scale, rounded once."""
+    h, w, b, labels, ref = make_inputs(batch=2, seq_len=7, dtype=torch.float32, seed=17)
+    h, w = h.to(dtype), w.to(dtype)
+    grads = {}
+    for scale in (1.0, 2.0**16, 1 / 3):
+        x, wx = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        (scale * symmpo_loss_from_hidden(x, wx, labels, ref, impl=impl).loss).backward()
+        grads[scale] = (x.grad, wx.grad)
+    for scale in (2.0**16, 1 / 3):
+        for got, unit in zip(grads[scale], grads[1.0], strict=True):
+            assert torch.isfinite(got).all()
+            assert torch.equal(got, (unit.float() * scale).to(dtype))
 
 
 @pytest.mark.parametrize("impl", IMPLS)

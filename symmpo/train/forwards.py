@@ -2,8 +2,8 @@
 
 A route takes a LLaVA model (peft-wrapped or not) and a batch of ``PreferenceCollator`` and
 returns ``(hidden, labels)``: the last hidden states of every sequence (on the model's device)
-and the labels aligned with them, on the host as collated, ready for
-``symmpo_loss_from_hidden`` (which plans its target positions on the host without a sync).
+and the labels aligned with them on the host, ready for ``symmpo_loss_from_hidden`` (which
+plans its target positions there without a sync).
 
 - ``naive``: one pass over all K*B sequences (``symmpo.train.model.naive_forward``);
 - ``shared``: each (image, question) prefix once and the responses as its continuations

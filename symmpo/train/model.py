@@ -247,12 +247,14 @@ def embed_with_images(llava, ids: torch.Tensor, features: torch.Tensor) -> torch
 
 def naive_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden (K*B, L, H), labels (K*B, L)): every sequence in full, in one language-model pass.
-    The labels stay where the collator made them (the host): the hidden-state losses plan their
-    target positions there without waiting for the GPU.
+    The labels are returned on the host, where the hidden-state losses plan their target
+    positions without waiting for the GPU (labels that DDP or a Trainer moved to the GPU are
+    copied back first, before any of the model's work is queued).
 
     Each of the batch's distinct images goes through the vision tower once; its features are
     placed at the image tokens of every sequence that uses it (``image_index``).
     """
+    labels = batch["labels"].cpu()
     llava = unwrap(model)
     device = llava.lm_head.weight.device
     input_ids = batch["input_ids"].to(device)
@@ -261,4 +263,4 @@ def naive_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     out = llava.model.language_model(
         inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(device)
     )
-    return out.last_hidden_state, batch["labels"]
+    return out.last_hidden_state, labels

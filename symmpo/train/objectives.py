@@ -123,9 +123,10 @@ def compute_loss(
     last hidden states, then the fused SymMPO path, or sequence log-probs and the objective's
     loss. ``logits_path``: through lm_head's forward (full (K*B, T, V) logits)."""
     objective = get_objective(objective)
-    hidden, labels = forward(model, batch)
     lm_head = unwrap(model).lm_head
-    ref_logps = ref_logps.to(hidden.device)
+    # Before the forward: a copy from the host now waits for nothing queued.
+    ref_logps = ref_logps.to(lm_head.weight.device, non_blocking=True)
+    hidden, labels = forward(model, batch)
     average = config.average_log_prob
     if logits_path:  # the logits path wants its labels beside the logits
         labels = labels.to(hidden.device)

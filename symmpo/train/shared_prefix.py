@@ -59,7 +59,10 @@ def shared_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
             '{"text_config": "sdpa", "vision_config": "flash_attention_2"}'
         )
     packed = batch["shared"]
+    labels = packed["labels"].cpu()  # on the host, as naive_forward's (copied before the pass)
     device = llava.lm_head.weight.device
+    rows = packed["gather_rows"].to(device)[:, None]  # indices moved before the model's work
+    cols = packed["gather_cols"].to(device)
     ids = packed["input_ids"].to(device)
     features = image_features(llava, batch["pixel_values"].to(device, llava.dtype))
     embeds = embed_with_images(llava, ids, features)
@@ -67,6 +70,4 @@ def shared_forward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     out = llava.model.language_model(
         inputs_embeds=embeds, attention_mask=mask, position_ids=packed["position_ids"].to(device)
     )
-    rows = packed["gather_rows"].to(device)[:, None]
-    hidden = out.last_hidden_state[rows, packed["gather_cols"].to(device)]
-    return hidden, packed["labels"]  # on the host, as naive_forward's
+    return out.last_hidden_state[rows, cols], labels

@@ -214,6 +214,11 @@ def varlen_shared_forward(llava, batch: dict) -> tuple[torch.Tensor, torch.Tenso
     kept = (flat_position >= 0).nonzero().squeeze(1)
     order = kept[torch.argsort(flat_position[kept])]
     ids = packed["input_ids"].cpu().flatten()[order][None].to(device)
+    # Where each sequence's rows sit in the stream, and the labels on the host (as
+    # naive_forward's): copied before the model's work is queued.
+    rows = packed["gather_rows"].cpu()[:, None]
+    columns = stream_position[rows, packed["gather_cols"].cpu()].to(device)
+    labels = packed["labels"].cpu()
     # Image tokens sit in the prefixes, which keep their row order: the features' order holds.
     features = image_features(llava, batch["pixel_values"].to(device, llava.dtype))
     embeds = embed_with_images(llava, ids, features)
@@ -225,9 +230,7 @@ def varlen_shared_forward(llava, batch: dict) -> tuple[torch.Tensor, torch.Tenso
         position_ids=packed["position_ids"].cpu().flatten()[order][None].to(device),
         symmpo_shared=layout.to(device),
     )
-    rows = packed["gather_rows"].cpu()[:, None]
-    columns = stream_position[rows, packed["gather_cols"].cpu()].to(device)
-    return out.last_hidden_state[0, columns], packed["labels"]
+    return out.last_hidden_state[0, columns], labels
 
 
 def register_varlen_attention() -> None:

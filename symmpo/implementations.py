@@ -64,7 +64,7 @@ def fused_symmpo(
 
     Under torch.compile the custom ops (``torch.ops.symmpo.fused_loss``: one opaque node each,
     no graph break); eager calls take the autograd Function, which launches the same kernels
-    with no host sync either (so a CUDA graph can capture it too) and costs the host about 115
+    with no host sync either (so a CUDA graph can capture it too) and costs the host about 120
     microseconds less a step than the custom ops' dispatch (measured with the kernels stubbed
     out: benchmarks/host_overhead.py; the floor of a training-shaped step at N = 2000
     targets and V = 32064 is about 0.2 ms on an H200)."""

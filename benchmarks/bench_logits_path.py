@@ -22,13 +22,16 @@ positions):
 Modes: forward (loss with the graph kept), backward (given the forward), full (forward +
 backward), reference (scoring reference logits, no gradient), and for the Triton path
 full_unchecked: full without reading the kernels' validation flags (fused_symmpo directly),
-to measure what that read costs a step.
+to measure what that read costs a step, and on CUDA full_graph: full captured once in a CUDA
+graph and replayed (the step's device time without Python's launch cost, as a caller that
+captures its step runs it; at small N the launched step is bound by the host:
+host_overhead.py --cuda splits the two).
 
 The floor (docs/math.md#hardware-floor), bytes that must move, with N the target positions, P
 all positions of the logits tensor (5B T: prompt, image and padding positions included) and e
 the element size: forward and reference N V e (read the target rows), backward N V e + P V e
 (read them again, write the whole gradient: its zeros at non-target rows are written too),
-full and full_unchecked 2 N V e + P V e. No provider here avoids the zeros (symmpo_loss
+full, full_unchecked and full_graph 2 N V e + P V e. No provider here avoids the zeros (symmpo_loss
 returns a dense (5B, T, V) gradient; inplace_grad writes them into the logits buffer); only a
 design whose caller never reads the non-target rows could, like the fused-linear path that
 never materialises the logits (bench_fused_linear.py). Metrics per row: ms (median), gbps (the
@@ -100,7 +103,10 @@ elif TINY and os.environ.get("TRITON_INTERPRET") == "1":
     PROVIDERS = ["symmpo_triton", "eager"]  # the fused path under Triton's interpreter
 else:
     PROVIDERS = ["eager"]
-MODES = ["forward", "backward", "full", "full_unchecked", "reference"]
+MODES = ["forward", "backward", "full", "full_unchecked", "full_graph", "reference"]
+#: SYMMPO_BENCH_PROVIDERS: a comma-separated subset of PROVIDERS (default: all).
+if os.environ.get("SYMMPO_BENCH_PROVIDERS"):
+    PROVIDERS = [p for p in PROVIDERS if p in os.environ["SYMMPO_BENCH_PROVIDERS"].split(",")]
 #: N and V at which torch.compile runs (each shape compiles anew).
 COMPILE_N = _env_ints("SYMMPO_BENCH_COMPILE_N", "8000,64000")
 COMPILE_V = _env_ints("SYMMPO_BENCH_COMPILE_V", "32064")
@@ -196,7 +202,8 @@ def floor_bytes(mode: str, n_targets: int, n_positions: int, vocab: int, element
     backward), the whole (n_positions, V) gradient written once, zeros included."""
     read = n_targets * vocab * element
     write = n_positions * vocab * element
-    passes = {"forward": 1, "reference": 1, "backward": 1, "full": 2, "full_unchecked": 2}
+    passes = {"forward": 1, "reference": 1, "backward": 1}
+    passes.update(full=2, full_unchecked=2, full_graph=2)
     return passes[mode] * read + (0 if mode in ("forward", "reference") else write)
 
 
@@ -278,6 +285,22 @@ def reference_fn(provider):
     return _compiled()
 
 
+def captured_step(compute, logits, labels, ref_logps):
+    """Forward + backward of ``compute`` captured in a CUDA graph (after a warm-up on a side
+    stream, as torch.cuda.graph wants): returns the graph's replay, which rewrites
+    ``logits.grad`` in place."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        compute(logits, labels, ref_logps).backward()
+    torch.cuda.current_stream().wait_stream(stream)
+    logits.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        compute(logits, labels, ref_logps).backward()
+    return graph.replay
+
+
 def _cases():
     """(op, N, V) of every case, as pytest parameters."""
     cases = [("logits_path", n, v) for v in VOCABS for n in TRAINING_N]
@@ -288,6 +311,8 @@ def _cases():
 def _skip_reason(op, n, vocab, provider, mode, n_positions) -> str | None:
     if mode == "full_unchecked" and provider != "symmpo_triton":
         return "full_unchecked: the Triton path's flag read only"
+    if mode == "full_graph" and (provider != "symmpo_triton" or not CUDA):
+        return "full_graph: the Triton path on CUDA only"
     if provider == "symmpo_triton":
         return None
     if provider == "torch_compile" and (n not in COMPILE_N or vocab not in COMPILE_V):
@@ -333,6 +358,8 @@ def test_logits_path(benchmark, case, provider, mode):
         compute = loss_fn(provider)
         if mode == "forward":
             step = lambda: compute(logits, labels, ref_logps)  # noqa: E731
+        elif mode == "full_graph":
+            step, grad_to_none = captured_step(compute, logits, labels, ref_logps), None
         elif mode in ("full", "full_unchecked"):
             if mode == "full_unchecked":
                 compute = unchecked_loss
@@ -351,7 +378,8 @@ def test_logits_path(benchmark, case, provider, mode):
     ms = median_ms(step, DEVICE, grad_to_none=grad_to_none, cpu_reps=2 if TINY else 5)
     if grad_to_none:
         logits.grad = None
-    peak = peak_extra_mb(step, DEVICE)
+    # A replay allocates nothing (the graph holds its memory): full's row gives the step's peak.
+    peak = None if mode == "full_graph" else peak_extra_mb(step, DEVICE)
     run_pytest_benchmark(benchmark, step, DEVICE, rounds=1 if CUDA or TINY else 2)
     if grad_to_none:
         logits.grad = None

@@ -3,7 +3,7 @@
 # sync, CUDA-graph replay), then benchmark rows into $OUT/results.csv (merge them with
 # `python benchmarks/results_csv.py merge`). The default STEPS fit 8 minutes on an H200 by the
 # timeouts below (the sizes' times are estimates until the first run of this version):
-#   bash benchmarks/device_check.sh        # env correctness logits fused_linear e2e
+#   bash benchmarks/device_check.sh        # env correctness logits fused_linear anatomy e2e
 #   STEPS="tune liger memory" bash benchmarks/device_check.sh    # the optional extras
 # Peers' wheels (liger-kernel, cut-cross-entropy: pure Python) travel in .whl/ (carry it).
 # Tried on the CPU too (SYMMPO_BENCH_TINY=1): the CUDA tests skip, the benchmarks run tiny shapes.
@@ -26,7 +26,7 @@ if ! python3 -c "import symmpo_kernels" 2>/dev/null; then
   export PYTHONPATH="$PWD:/tmp/symmpo_path${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-STEPS=${STEPS:-"env correctness logits fused_linear e2e"}
+STEPS=${STEPS:-"env correctness logits fused_linear anatomy e2e"}
 status=0
 run() {
   local name=$1
@@ -45,6 +45,7 @@ for step in $STEPS; do
            python3 -c "import torch, triton; print(torch.__version__, triton.__version__,
                        torch.cuda.get_device_name() if torch.cuda.is_available() else \"cpu\")"' ;;
     correctness) run correctness timeout 80 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py -rfEs ;;
+    anatomy) run anatomy timeout 90 python3 benchmarks/host_overhead.py --cuda ;;
     tune) if [ "${TRITON_INTERPRET:-}" = 0 ]; then run tune timeout 90 python3 benchmarks/tune_logits_blocks.py; fi ;;
     logits) run logits timeout 100 python3 -m pytest -q -p no:cacheprovider --benchmark-disable \
               benchmarks/bench_logits_path.py ;;

@@ -152,7 +152,11 @@ def cce(h, w, labels, ref, rows=None):
 
     rows = rows if rows is not None else target_rows(labels)
     token_nll = linear_cross_entropy(gather(h, rows), w, rows.target, reduction="none")
-    return _terms(-token_nll.float().sum(-1), ref)
+    # Summed through the mask (CCE gives 0 at -100 rows): the gradient reaching CCE's backward
+    # is then a dense tensor; a plain .sum(-1) hands it an expanded one, which its backward's
+    # grad_out.view(-1) refuses (cut-cross-entropy 25.1.1).
+    valid = (rows.target != -100).float()
+    return _terms(-(token_nll.float() * valid).sum(-1), ref)
 
 
 PROVIDERS = {

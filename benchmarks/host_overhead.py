@@ -1,6 +1,7 @@
 """The host's share of a ``symmpo_loss`` step: everything but the kernels.
 
     python benchmarks/host_overhead.py            # both routes, forward and forward + backward
+    python benchmarks/host_overhead.py --cuda     # on a GPU: host, device and eager step times
 
 At small N a fused step can be bound by the host (Python, autograd, op dispatch) rather than
 by the GPU: the GPU works for about 0.2 ms at the floor of a training-shaped step with 2,000
@@ -14,6 +15,19 @@ what is left, on the CPU, for the two routes of the Triton path:
 
 The times are this machine's (a GPU's host is usually faster) and exclude the kernel launches
 themselves (a few microseconds each with Triton's launcher). Prints microseconds a call.
+
+``--cuda`` splits a real step on the GPU instead (the training-shaped logits case of
+bench_logits_path.py, V = 32064, N = 2000, 4000, 8000 targets; forward + backward):
+
+- host: microseconds of host time a step, timed on the host while a sleep kernel keeps the
+  GPU busy (so the host never waits for it);
+- graph: the step captured once in a CUDA graph and replayed (device time, no launch gaps);
+- eager: the step as bench_logits_path.py times it (do_bench, launches from Python);
+- queued: the time the step adds when its launches follow the model's GPU work, as in
+  training (a bf16 8192^3 matmul and the step, less the matmul alone);
+- the top of a cProfile of the host's work and the kernels' own times (torch.profiler).
+
+When eager is near host and far above graph, the step is bound by the host.
 """
 
 from __future__ import annotations
@@ -23,7 +37,8 @@ import pathlib
 import sys
 import time
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # kernels may import on a machine without a GPU
+if "--cuda" not in sys.argv:  # the stubbed run imports the kernels on a machine without a GPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
@@ -92,5 +107,79 @@ def main() -> None:
     torch.compiler.is_compiling = is_compiling
 
 
+def cuda_anatomy(n_targets=(2000, 4000, 8000), vocab: int = 32064) -> None:
+    """Host time, CUDA-graph replay and eager time of the fused step (see the module doc)."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    from bench_logits_path import make_training_inputs, training_case
+
+    print(f"fused step on {torch.cuda.get_device_name()} (torch {torch.__version__}), V={vocab}")
+    print(f"{'N':>6} {'host us':>8} {'graph ms':>9} {'eager ms':>9} {'queued ms':>10}")
+    for n in n_targets:
+        logits, labels, ref = make_training_inputs(training_case(n), vocab)
+        _anatomy_case(logits.requires_grad_(True), labels, ref, n, profile=n == n_targets[0])
+        del logits
+        torch.cuda.empty_cache()
+
+
+def _anatomy_case(x, labels, ref, n, profile):
+    import cProfile
+    import pstats
+
+    import triton.testing
+
+    from symmpo import symmpo_loss
+
+    def step():
+        x.grad = None
+        symmpo_loss(x, labels, ref).loss.backward()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    calls = 50
+    torch.cuda._sleep(2_000_000_000)  # about a second of GPU work ahead of the launches
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    host_us = (time.perf_counter() - start) / calls * 1e6
+    torch.cuda.synchronize()
+    eager_ms = triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median")
+    x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        symmpo_loss(x, labels, ref).loss.backward()
+    graph_ms = triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+    del graph
+    # As in training: the step's launches queue behind the model's GPU work (here one bf16
+    # 8192^3 matmul, about 1.4 ms on an H200), so its host time overlaps that work.
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    matmul_ms = triton.testing.do_bench(lambda: a @ a, warmup=25, rep=100, return_mode="median")
+
+    def behind_matmul():
+        a @ a
+        step()
+
+    both_ms = triton.testing.do_bench(behind_matmul, warmup=25, rep=100, return_mode="median")
+    queued_ms = both_ms - matmul_ms
+    times = f"{graph_ms:>9.4f} {eager_ms:>9.4f} {queued_ms:>10.4f}"
+    print(f"{n:>6} {host_us:>8.0f} {times}", flush=True)
+    if profile:
+        host_profile = cProfile.Profile()
+        host_profile.enable()
+        for _ in range(200):
+            step()
+        host_profile.disable()
+        torch.cuda.synchronize()
+        pstats.Stats(host_profile, stream=sys.stdout).sort_stats("tottime").print_stats(25)
+        with torch.profiler.profile() as prof:
+            for _ in range(10):
+                step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12))
+
+
 if __name__ == "__main__":
-    main()
+    if "--cuda" in sys.argv:
+        cuda_anatomy()
+    else:
+        main()

@@ -5,9 +5,9 @@
 Reads benchmarks/results/results.csv (rows of bench_end_to_end.py) and draws, for one device,
 three panels: one line per LoRA provider (mode train_step: released_recipe,
 released_online_ref, naive, shared, shared_varlen, shared_varlen_liger; released_way for rows
-written before it was split in two) and a square per full fine-tuning case (mode
-full_finetune, one R), in its provider's colour. Step memory is the step_mem_mb rows, or peak
-minus resident for rows written before that metric.
+written before it was split in two, drawn only for a device without released_recipe rows)
+and a square per full fine-tuning case (mode full_finetune), in its provider's colour. Step
+memory is the step_mem_mb rows, or peak minus resident for rows written before that metric.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def main(argv=None) -> pathlib.Path:
         if r["device"] == device:
             key = (r["mode"], r["provider"], r["metric"])
             series[key][int(r["n_positions"])] = float(r["value"])
+    if any(provider == "released_recipe" for _, provider, _ in series):
+        # The earlier baseline is not comparable with the released recipe's rows: drop it.
+        series = {key: points for key, points in series.items() if key[1] != "released_way"}
     for (mode, provider, metric), points in list(series.items()):
         if metric == "peak_mem_mb" and (mode, provider, "step_mem_mb") not in series:
             resident = series.get((mode, provider, "resident_mem_mb"), {})

@@ -51,7 +51,7 @@ from symmpo.train.references import FrozenCopyReference, Scorer, autocast, choos
 from symmpo.train.resume import continue_run, saved_run_args, write_run_args
 from symmpo.train.run_lock import RunLock
 from symmpo.train.run_log import append_jsonl, keep_rows, mean_over_processes, peak_memory_mb
-from symmpo.train.sft import supervised_model, supervised_rows
+from symmpo.train.sft import supervised_rows, supervised_stage
 from symmpo.train.update_guard import UpdateGuard
 
 
@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
         log(f"skipped {len(data.skipped)} bad record(s), first: {data.skipped[0]}")
     sft_rows = []
     if args.sft_steps:  # LLaVA's recipe in miniature: captions first, vision tower frozen
-        model, sft = supervised_model(
+        model, sft = supervised_stage(
             args, model, collator, data.train, args.sft_cache_dir or out_dir, model_identity, log
         )
         model_identity = {**model_identity, "supervised": sft["key"]}  # the reference starts here

@@ -64,7 +64,7 @@ def metrics(folder):
 def assert_two_processes_match(two, one):
     """`two` ran over two processes and gave `one`'s losses and gradient norms."""
     assert (two / "checkpoint-4" / "rng_rank1.pt").exists()  # really two processes
-    a, b = metrics(one), metrics(two)
+    a, b = ([r for r in metrics(out) if r.get("stage") != "sft"] for out in (one, two))
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
     for x, y in zip(a, b, strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
@@ -177,3 +177,23 @@ def test_deepspeed_zero3_lora_trains_and_its_checkpoint_evaluates(tmp_path):
     assert saved["step"] == last["step"] == 2
     for key in ("logp_accuracy", "reward_accuracy", "reward_margin", "hallucination_rate"):
         assert saved[key] == pytest.approx(last[key], rel=1e-4, abs=1e-6), key
+
+
+def test_two_processes_share_one_supervised_stage(tmp_path):
+    """With a supervised stage, the main process trains and caches it and the other loads that
+    cache (it may not train it: a missing cache raises there): one cache file, and the run's
+    caption losses and preference losses are the single-process run's."""
+    flags = [*COMMON, "--sft_steps", "3", "--save_steps", "4"]
+    one = tmp_path / "one"
+    load_train_script().main([*flags, "--output_dir", str(one)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    launch = [*torchrun, "--nproc_per_node", "2", "--master_port", free_port()]
+    two = tmp_path / "two"
+    run([*launch, str(ROOT / "train.py"), *flags, "--output_dir", str(two)], env)
+    assert len(list(two.glob("sft-*.pt"))) == 1
+    sft = [
+        [r["caption_loss"] for r in metrics(out) if r.get("stage") == "sft"] for out in (one, two)
+    ]
+    assert len(sft[0]) == 3 and sft[1] == pytest.approx(sft[0], rel=1e-6)
+    assert_two_processes_match(two, one)

@@ -224,6 +224,18 @@ def supervised_model(
     return model, {"path": path, "key": key, "cached": False, "losses": losses}
 
 
+def supervised_stage(args, model, collator, records, out_dir, identity=None, log=print):
+    """``supervised_model`` in a run of one or several processes (accelerate's state): the main
+    process trains the stage and caches it, then the others load that cache (they never train
+    it: a missing cache raises FileNotFoundError there). One process: ``supervised_model``."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    with state.main_process_first():
+        train = state.is_main_process
+        return supervised_model(args, model, collator, records, out_dir, identity, log, train)
+
+
 def supervised_rows(losses: list[float], every: int) -> list[dict]:
     """``metrics.jsonl`` rows of the supervised stage: ``{"stage": "sft", "step": 0, "sft_step":
     k, "caption_loss": ...}`` every ``every`` steps and at the last (``step`` 0: the stage comes

@@ -28,9 +28,10 @@ Two modes (the CSV's mode column):
   autocast, float32 gradients, AdamW's float32 state, fused (no foreach temporaries: the foreach
   step would allocate a 25 GiB copy of the second moments). That is 16 bytes a trained parameter,
   as under DeepSpeed's bf16 mixed precision (bf16 weights and gradients, float32 master weights
-  and Adam state), spread there over several GPUs. Estimated on one 139 GiB H200: 77 GiB resident
-  (weights 26.3, Adam state 50.2), peak about 110 GiB (+ 25.1 GiB of gradients in the backward,
-  12.6 GiB of autocast's bf16 weight copies during the forward, the activations).
+  and Adam state), spread there over several GPUs. On one 139 GiB H200: 76.6 GiB resident
+  (weights 26.3, Adam state 50.2), a peak of 105.3 GiB for released_recipe at R = 150 (+ 25.1
+  GiB of gradients in the backward, autocast's bf16 weight copies during the forward, the
+  activations; docs/performance.md).
 
 Providers (what one step runs):
 

@@ -122,16 +122,21 @@ def cuda_anatomy(n_targets=(2000, 4000, 8000), vocab: int = 32064) -> None:
 
 
 def _anatomy_case(x, labels, ref, n, profile):
+    """One row of cuda_anatomy's table (and, with ``profile``, the host's and kernels' times)."""
     import cProfile
     import pstats
 
-    import triton.testing
+    from bench_logits_path import captured_step  # benchmarks/ is on the path (cuda_anatomy)
+    from measure import median_ms
 
     from symmpo import symmpo_loss
 
+    def loss(logits, labels, ref):
+        return symmpo_loss(logits, labels, ref).loss
+
     def step():
         x.grad = None
-        symmpo_loss(x, labels, ref).loss.backward()
+        loss(x, labels, ref).backward()
 
     for _ in range(3):
         step()
@@ -143,23 +148,21 @@ def _anatomy_case(x, labels, ref, n, profile):
         step()
     host_us = (time.perf_counter() - start) / calls * 1e6
     torch.cuda.synchronize()
-    eager_ms = triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median")
-    x.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        symmpo_loss(x, labels, ref).loss.backward()
-    graph_ms = triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
-    del graph
+    device = x.device
+    eager_ms = median_ms(step, device)
+    replay = captured_step(loss, x, labels, ref)
+    graph_ms = median_ms(replay, device)
+    del replay
     # As in training: the step's launches queue behind the model's GPU work (here one bf16
-    # 8192^3 matmul, about 1.4 ms on an H200), so its host time overlaps that work.
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    matmul_ms = triton.testing.do_bench(lambda: a @ a, warmup=25, rep=100, return_mode="median")
+    # 8192^3 matmul, about 1.6 ms on an H200), so its host time overlaps that work.
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    matmul_ms = median_ms(lambda: a @ a, device)
 
     def behind_matmul():
         a @ a
         step()
 
-    both_ms = triton.testing.do_bench(behind_matmul, warmup=25, rep=100, return_mode="median")
+    both_ms = median_ms(behind_matmul, device)
     queued_ms = both_ms - matmul_ms
     times = f"{graph_ms:>9.4f} {eager_ms:>9.4f} {queued_ms:>10.4f}"
     print(f"{n:>6} {host_us:>8.0f} {times}   (the matmul alone: {matmul_ms:.4f} ms)", flush=True)
